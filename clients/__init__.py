@@ -1,0 +1,1 @@
+"""Client side: the Flower ClientApp, local training, and the model registry."""

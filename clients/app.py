@@ -1,0 +1,120 @@
+"""fedsim's Flower ClientApp: trains and evaluates a registry model on its partition.
+
+It is a plain ``flwr.clientapp.ClientApp``. Everything it needs comes from Flower's
+``Context``: ``node_config["partition-id"]`` picks the partition and ``run_config``
+carries the scenario (see `clients.runconfig`). Data and the model object are built
+once per process and reused across virtual clients and rounds. The strategy's train
+``ConfigRecord`` may override ``lr``, ``local-epochs``, ``local-steps``,
+``batch-size`` and carry ``proximal-mu`` (FedProx).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from torch import nn
+
+from clients import trainer
+from clients.models import build_model
+from clients.runconfig import from_run_config
+from fedsim import keys, seeding
+from fedsim.config import Config
+from scenarios.federation import FederatedData, federated_data
+
+app = ClientApp()
+
+
+@dataclasses.dataclass
+class _Runtime:
+    config: Config
+    data: FederatedData
+    model: nn.Module
+
+
+@functools.lru_cache(maxsize=4)
+def _runtime_cached(items: tuple[tuple[str, str], ...]) -> _Runtime:
+    cfg = from_run_config(dict(items))
+    data = federated_data(cfg.data, cfg.run.seed)
+    model = build_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes)
+    return _Runtime(config=cfg, data=data, model=model)
+
+
+def runtime(context: Context) -> _Runtime:
+    return _runtime_cached(tuple(sorted((k, str(v)) for k, v in context.run_config.items())))
+
+
+def _records(msg: Message) -> tuple[str, ArrayRecord, str, ConfigRecord]:
+    content = msg.content
+    arrays = list(content.array_records.items())
+    if not arrays:
+        raise ValueError("the message carries no ArrayRecord (no model to train)")
+    configs = list(content.config_records.items())
+    akey, arec = arrays[0]
+    ckey, crec = configs[0] if configs else (keys.CONFIG, ConfigRecord())
+    return akey, arec, ckey, crec
+
+
+def _round(msg: Message, config: ConfigRecord) -> int:
+    value = config.get(keys.SERVER_ROUND)
+    if isinstance(value, int):
+        return value
+    group = msg.metadata.group_id
+    return int(group) if group.isdigit() else 0
+
+
+def _settings(cfg: Config, config: ConfigRecord) -> trainer.TrainSettings:
+    c = cfg.client
+    return trainer.TrainSettings(
+        epochs=int(config.get(keys.LOCAL_EPOCHS, c.local_epochs)),
+        steps=int(config.get(keys.LOCAL_STEPS, c.local_steps)),
+        batch_size=int(config.get(keys.BATCH_SIZE, c.batch_size)),
+        lr=float(config.get(keys.LR, c.lr)),
+        momentum=c.momentum,
+        weight_decay=c.weight_decay,
+        proximal_mu=float(config.get(keys.PROXIMAL_MU, 0.0)),
+    )
+
+
+def _load(model: nn.Module, arrays: ArrayRecord) -> None:
+    model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    rt = runtime(context)
+    cid = int(context.node_config[keys.PARTITION_ID])
+    akey, arrays, _, config = _records(msg)
+    rnd = _round(msg, config)
+    seed = rt.config.run.seed
+    _load(rt.model, arrays)
+    x, y = rt.data.client_train(cid)
+    torch.manual_seed(seeding.int_seed(seed, rnd, cid, "torch"))  # dropout & co. in user models
+    outcome = trainer.train(rt.model, x, y, _settings(rt.config, config),
+                            seeding.torch_generator(seed, rnd, cid, "batches"))
+    metrics = MetricRecord({
+        keys.NUM_EXAMPLES: len(x),
+        keys.TRAIN_LOSS: outcome.loss,
+        keys.STEPS: outcome.steps,
+    })
+    content = RecordDict({akey: ArrayRecord(rt.model.state_dict()), keys.METRICS: metrics})
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    rt = runtime(context)
+    cid = int(context.node_config[keys.PARTITION_ID])
+    _, arrays, _, _ = _records(msg)
+    _load(rt.model, arrays)
+    x, y = rt.data.client_test(cid)
+    loss, acc = trainer.evaluate(rt.model, x, y)
+    metrics = MetricRecord({
+        keys.NUM_EXAMPLES: len(x),
+        keys.EVAL_LOSS: 0.0 if len(x) == 0 else loss,
+        keys.EVAL_ACC: 0.0 if len(x) == 0 else acc,
+    })
+    return Message(RecordDict({keys.METRICS: metrics}), reply_to=msg)

@@ -1,0 +1,101 @@
+"""Model registry: torch modules built from (input shape, number of classes, params)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedsim.errors import ConfigError
+from fedsim.registry import Registry
+from fedsim.schema import option, parse
+
+ModelFn = Callable[[tuple[int, ...], int, Any], nn.Module]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    build: ModelFn
+    params: type
+
+
+MODELS: Registry[ModelEntry] = Registry("model")
+
+
+def register_model(name: str, params: type) -> Callable[[ModelFn], ModelFn]:
+    def decorator(fn: ModelFn) -> ModelFn:
+        MODELS.add(name, ModelEntry(build=fn, params=params))
+        return fn
+
+    return decorator
+
+
+def resolve_model_params(name: str, raw: Mapping[str, Any], path: str) -> Any:
+    return parse(MODELS.get(name, f"{path}.name").params, raw, path)
+
+
+def build_model(name: str, params: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    return MODELS.get(name, "model.name").build(tuple(input_shape), num_classes, params)
+
+
+@dataclasses.dataclass(frozen=True)
+class LogRegParams:
+    pass
+
+
+@register_model("logreg", params=LogRegParams)
+def logreg(input_shape: tuple[int, ...], num_classes: int, params: LogRegParams) -> nn.Module:
+    """Multinomial logistic regression (softmax over a linear map)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPParams:
+    hidden: tuple[int, ...] = option((200,), ge=1, le=1_000_000, doc="widths of the hidden layers")
+
+
+@register_model("mlp", params=MLPParams)
+def mlp(input_shape: tuple[int, ...], num_classes: int, params: MLPParams) -> nn.Module:
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = math.prod(input_shape)
+    for h in params.hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+@dataclasses.dataclass(frozen=True)
+class CNNParams:
+    channels: tuple[int, ...] = option((16, 32), ge=1, le=4096, doc="conv3x3 widths, each followed by 2x2 max-pool")
+    hidden: int = option(128, ge=1, le=1_000_000)
+
+
+@register_model("cnn", params=CNNParams)
+def cnn(input_shape: tuple[int, ...], num_classes: int, params: CNNParams) -> nn.Module:
+    """A small CNN for 8x8 (digits), 28x28 (MNIST/FEMNIST) or 32x32 (CIFAR) images."""
+    if len(input_shape) != 3:
+        raise ConfigError("model.name", "cnn", f"needs image inputs (C, H, W); this dataset gives {input_shape}")
+    c, h, w = input_shape
+    if min(h, w) < 2 ** len(params.channels):
+        raise ConfigError("model.channels", list(params.channels),
+                          f"{len(params.channels)} pooling stages need images >= {2 ** len(params.channels)} px")
+    layers: list[nn.Module] = []
+    for out in params.channels:
+        layers += [nn.Conv2d(c, out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+        c, h, w = out, h // 2, w // 2
+    layers += [nn.Flatten(), nn.Linear(c * h * w, params.hidden), nn.ReLU(), nn.Linear(params.hidden, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def init_model(name: str, params: Any, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
+    """The initial global model, its weights drawn from ``seed``."""
+    from fedsim import seeding
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seeding.int_seed(seed, 0, seeding.SERVER, "model-init"))
+        return build_model(name, params, input_shape, num_classes)

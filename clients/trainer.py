@@ -1,0 +1,90 @@
+"""Local training and evaluation of a torch classifier on in-memory tensors."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 1
+    steps: int = 0  # > 0: exactly this many SGD steps (reshuffling each pass)
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    proximal_mu: float = 0.0  # FedProx: adds (mu/2)*||w - w_global||^2
+
+    def total_steps(self, n: int) -> int:
+        if n == 0:
+            return 0
+        return self.steps if self.steps > 0 else self.epochs * math.ceil(n / self.batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOutcome:
+    loss: float  # mean cross-entropy over the examples processed (without the proximal term)
+    steps: int
+    examples_seen: int
+
+
+def proximal_term(model: nn.Module, global_params: list[torch.Tensor]) -> torch.Tensor:
+    """``||w - w_global||^2`` over the trainable parameters (squared L2 norm)."""
+    total = torch.zeros(())
+    for p, g in zip((p for p in model.parameters() if p.requires_grad), global_params):
+        total = total + (p - g).pow(2).sum()
+    return total
+
+
+def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings,
+          generator: torch.Generator) -> TrainOutcome:
+    """Mini-batch SGD; batches are drawn with ``generator`` (so they are reproducible)."""
+    n = len(x)
+    total = settings.total_steps(n)
+    if total == 0:
+        return TrainOutcome(loss=float("nan"), steps=0, examples_seen=0)
+    opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
+                          weight_decay=settings.weight_decay)
+    global_params = ([p.detach().clone() for p in model.parameters() if p.requires_grad]
+                     if settings.proximal_mu > 0 else [])
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    seen = 0
+    perm = torch.empty(0, dtype=torch.long)
+    pos = n
+    for _ in range(total):
+        if pos >= n:
+            perm = torch.randperm(n, generator=generator)
+            pos = 0
+        idx = perm[pos : pos + settings.batch_size]
+        pos += settings.batch_size
+        xb, yb = x[idx], y[idx]
+        opt.zero_grad(set_to_none=True)
+        ce = F.cross_entropy(model(xb), yb)
+        loss = ce + (settings.proximal_mu / 2) * proximal_term(model, global_params) if global_params else ce
+        loss.backward()
+        opt.step()
+        loss_sum += ce.detach().double() * len(idx)
+        seen += len(idx)
+    return TrainOutcome(loss=float(loss_sum) / seen, steps=total, examples_seen=seen)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy); (nan, nan) on an empty set."""
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    model.eval()
+    loss_sum = 0.0
+    correct = 0
+    for start in range(0, len(x), batch_size):
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        out = model(xb)
+        loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
+        correct += int((out.argmax(1) == yb).sum())
+    return loss_sum / len(x), correct / len(x)

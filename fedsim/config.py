@@ -1,0 +1,187 @@
+"""Scenario configuration: TOML -> validated, frozen dataclasses.
+
+A scenario file has the sections below; every key has a default except the names of
+the dataset, the model and the strategy. ``load_config`` reads a file,
+``apply_overrides`` applies ``--set a.b=c`` edits to the raw data, and
+``from_dict`` validates everything once, raising a one-line `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from fedsim.errors import ConfigError
+from fedsim.schema import Named, named, option, parse, to_plain
+
+__all__ = ["Config", "Named", "load_config", "from_dict", "apply_overrides"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSection:
+    name: str = "fedsim"
+    seed: int = option(0, ge=0, lt=2**32)
+    rounds: int = option(10, ge=1, le=1_000_000)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    dataset: Named = named("dataset", "scenarios.datasets:resolve_dataset_params")
+    partitioner: Named = named("partitioner", "scenarios.partitioners:resolve_partitioner_params", "iid")
+    num_clients: int = option(10, ge=1, le=10_000_000)
+    server_test_fraction: float = option(0.2, gt=0.0, lt=1.0,
+                                         doc="held out for the server when the dataset has no official test split")
+    client_test_fraction: float = option(0.2, ge=0.0, lt=1.0, doc="each client's local test split")
+    use_official_test: bool = option(True, doc="use the dataset's own test split as the server's test set")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientSection:
+    app: str = option("fedsim", doc='"fedsim" or a Flower ClientApp as "module:attribute"')
+    local_epochs: int = option(1, ge=0, le=100_000)
+    local_steps: int = option(0, ge=0, le=100_000_000, doc="if > 0, a fixed number of SGD steps instead of epochs")
+    batch_size: int = option(32, ge=1, le=10_000_000)
+    lr: float = option(0.05, gt=0.0, le=1e6)
+    momentum: float = option(0.0, ge=0.0, lt=1.0)
+    weight_decay: float = option(0.0, ge=0.0, le=1e6)
+    threads: int = option(1, ge=1, le=1024, doc="torch threads per client process")
+    app_config: Mapping[str, Any] = dataclasses.field(default_factory=dict,
+                                                     metadata={"doc": "run_config for a user ClientApp"})
+
+    def check(self, path: str) -> None:
+        if self.local_epochs == 0 and self.local_steps == 0:
+            raise ConfigError(f"{path}.local_epochs", 0, "must be >= 1 unless local_steps > 0")
+        if self.app != "fedsim" and (":" not in self.app or self.app.startswith(":") or self.app.endswith(":")):
+            raise ConfigError(f"{path}.app", self.app, 'must be "fedsim" or a ClientApp as "module:attribute"')
+        for key, value in self.app_config.items():
+            if not isinstance(value, (bool, int, float, str)):
+                raise ConfigError(f"{path}.app_config.{key}", value, "must be a bool, number or string")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSection:
+    centralized_eval: bool = option(True, doc="evaluate the global model on the server's held-out test set")
+    eval_every: int = option(1, ge=1, doc="centralized evaluation every k rounds (and always the last)")
+    timeout: float = option(3600.0, gt=0.0, doc="the timeout Flower's Strategy.start passes to the grid")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutorSection:
+    name: str = option("serial", choices=("serial", "ray"))
+
+
+@dataclasses.dataclass(frozen=True)
+class RaySection:
+    address: str = option("", doc='"" starts a local Ray; "auto" or "ray://host:port" attaches to a cluster')
+    num_actors: int = option(0, ge=0, le=100_000, doc="0 = number of CPU cores")
+    cpus_per_actor: float = option(1.0, gt=0.0, le=1024)
+    client_timeout: float = option(0.0, ge=0.0, doc="wall seconds before a client task is abandoned; 0 = never")
+    max_retries: int = option(1, ge=0, le=10, doc="retries of a client whose actor died")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportSection:
+    out_dir: str = option("results", doc="parent folder of run folders (the CLI's --out names the run folder)")
+    plots: bool = True
+    progress: bool = True
+    flower_logs: bool = option(False, doc="show Flower's own INFO logs")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A validated scenario. Build it with `load_config` or `from_dict`."""
+
+    model: Named = named("model", "clients.models:resolve_model_params")
+    strategy: Named = named("strategy", "strategies.registry:resolve_strategy_args")
+    run: RunSection = RunSection()
+    data: DataSection = dataclasses.field(default=None)  # type: ignore[assignment]
+    client: ClientSection = ClientSection()
+    server: ServerSection = ServerSection()
+    executor: ExecutorSection = ExecutorSection()
+    ray: RaySection = RaySection()
+    report: ReportSection = ReportSection()
+
+    def check(self, path: str) -> None:
+        if self.data is None:
+            raise ConfigError("data.dataset.name", None, "required: the dataset to use")
+        from strategies.registry import check_against_federation
+
+        check_against_federation(self.strategy.name, self.strategy.params, self.data.num_clients,
+                                 self.data.client_test_fraction)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (TOML/JSON) that `from_dict` turns back into an equal Config."""
+        return to_plain(self)
+
+    def replace(self, overrides: Iterable[str]) -> "Config":
+        """A new Config with ``section.key=value`` edits applied (and validated)."""
+        return from_dict(apply_overrides(self.to_dict(), overrides))
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+def from_dict(raw: Mapping[str, Any]) -> Config:
+    """Validate raw scenario data (as read from TOML) into a `Config`."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError("scenario", raw, "must be a TOML table")
+    raw = dict(raw)
+    if "data" not in raw:
+        raise ConfigError("data.dataset.name", None, "required: the dataset to use")
+    return parse(Config, raw, "")
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("scenario", str(path), "file not found")
+    try:
+        with p.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("scenario", str(path), f"invalid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("scenario", str(path), "invalid TOML: not UTF-8 text") from None
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
+    """Read, override and validate a scenario file."""
+    return from_dict(apply_overrides(load_toml(path), overrides))
+
+
+def parse_override_value(text: str) -> Any:
+    """A TOML literal if it parses (``0.5``, ``true``, ``[1, 2]``, ``"x"``), else the raw string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` edits to raw scenario data (returns a deep copy)."""
+    out: dict[str, Any] = copy.deepcopy(dict(raw))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = [p.strip() for p in key.strip().split(".")]
+        if not sep or any(not p for p in parts):
+            raise ConfigError("--set", item, "must look like section.key=value")
+        node: dict[str, Any] = out
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.get(part)
+            if isinstance(nxt, str) and i >= 0 and part in _NAMED_KEYS:  # `model = "mlp"` -> table
+                nxt = {"name": nxt}
+            elif nxt is None:
+                nxt = {}
+            elif not isinstance(nxt, dict):
+                raise ConfigError(".".join(parts[: i + 1]), nxt, f"is not a table; cannot set {key.strip()}")
+            node[part] = nxt
+            node = nxt
+        node[parts[-1]] = parse_override_value(text.strip())
+    return out
+
+
+_NAMED_KEYS = {"model", "strategy", "dataset", "partitioner"}

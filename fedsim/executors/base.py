@@ -1,0 +1,129 @@
+"""The executor interface and the one code path that calls a ClientApp."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
+
+from fedsim.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class AppRef:
+    """Where a ClientApp lives: ``module:attribute`` plus folders to put on ``sys.path``."""
+
+    target: str = "clients.app:app"
+    paths: tuple[str, ...] = ()
+
+    def load(self) -> ClientApp:
+        for p in reversed(self.paths):
+            if p not in sys.path:
+                sys.path.insert(0, p)
+        return load_object(self.target, ClientApp, "client.app")
+
+
+def load_object(target: str, kind: type, field: str) -> Any:
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any import failure is a config error for the user
+        raise ConfigError(field, target, f"cannot import {module_name!r} ({type(exc).__name__}: {exc})") from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(field, target, f"module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not isinstance(obj, kind):
+        raise ConfigError(field, target, f"is a {type(obj).__name__}, not a Flower {kind.__name__}")
+    return obj
+
+
+@dataclasses.dataclass
+class Task:
+    """One ClientApp call: a message for a node, with the node's context parts."""
+
+    node_id: int
+    node_config: dict[str, Any]
+    state: RecordDict
+    message: Message
+
+
+@dataclasses.dataclass
+class TaskResult:
+    reply: Message  # carries content, or an Error
+    state: RecordDict  # the node's persistent state after the call
+    seconds: float  # wall time inside the ClientApp
+
+
+class Executor(Protocol):
+    def start(self, app: AppRef, run_id: int, run_config: Mapping[str, Any]) -> None: ...
+
+    def run(self, tasks: Sequence[Task]) -> list[TaskResult]: ...
+
+    def shutdown(self) -> None: ...
+
+
+def copy_content(content: RecordDict) -> RecordDict:
+    """A per-client copy of a message's records (arrays' bytes are shared, read-only)."""
+    out = RecordDict()
+    for key, rec in content.items():
+        if isinstance(rec, ArrayRecord):
+            out[key] = ArrayRecord(dict(rec.items()), keep_input=True)
+        elif isinstance(rec, ConfigRecord):
+            out[key] = ConfigRecord(dict(rec))
+        elif isinstance(rec, MetricRecord):
+            out[key] = MetricRecord(dict(rec))
+        else:
+            out[key] = rec
+    return out
+
+
+def with_content(message: Message, content: RecordDict) -> Message:
+    """The same message (metadata) carrying ``content``."""
+    return Message(content=content, metadata=message.metadata)
+
+
+def error_reply(message: Message, code: int, reason: str) -> Message:
+    return Message(Error(code=code, reason=reason), reply_to=message)
+
+
+def execute(app: ClientApp, task: Task, run_id: int, run_config: Mapping[str, Any]) -> TaskResult:
+    """Call the ClientApp; a raise or a malformed return becomes a Flower error reply."""
+    context = Context(run_id=run_id, node_id=task.node_id, node_config=dict(task.node_config),
+                      state=task.state, run_config=dict(run_config))
+    start = time.perf_counter()
+    try:
+        reply = app(task.message, context)
+        if not isinstance(reply, Message):
+            reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                                f"ClientApp returned {type(reply).__name__}, not a Message")
+        elif reply.metadata.reply_to_message_id != task.message.metadata.message_id:
+            reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                                "ClientApp returned a Message that does not reply to the one it received")
+    except Exception as exc:  # noqa: BLE001 - a client's failure must not stop the run
+        tb = traceback.extract_tb(exc.__traceback__)
+        where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
+        reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                            f"{type(exc).__name__}: {exc}{where}")
+    return TaskResult(reply=reply, state=context.state, seconds=time.perf_counter() - start)
+
+
+def make_executor(name: str, **kwargs: Any) -> Executor:
+    if name == "serial":
+        from fedsim.executors.serial import SerialExecutor
+
+        return SerialExecutor(threads=kwargs.get("threads", 1))
+    if name == "ray":
+        from fedsim.executors.ray import RayExecutor
+
+        return RayExecutor(**kwargs)
+    raise ConfigError("executor.name", name, "unknown executor; known: ray, serial")

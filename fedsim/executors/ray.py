@@ -1,0 +1,204 @@
+"""A pool of persistent Ray actors running ClientApp calls. The only module importing Ray.
+
+Each actor loads the ClientApp once (and, for fedsim's ClientApp, the data partitions
+and the model once) and serves many virtual clients over many rounds. A message
+content shared by several clients (a strategy's global arrays) is put in the object
+store once per exchange and deserialized once per actor. An actor that dies is
+replaced and its clients retried (``ray.max_retries``); a client that runs past
+``ray.client_timeout`` wall seconds is abandoned with an error reply, its actor replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ray
+from flwr.app import Message, RecordDict
+from flwr.common.constant import ErrorCode
+
+from fedsim.errors import ConfigError
+from fedsim.executors.base import AppRef, Task, TaskResult, copy_content, error_reply, execute
+
+_IN_FLIGHT_PER_ACTOR = 2
+_READY_TIMEOUT_S = 120.0
+
+
+class _Worker:
+    """Actor body (wrapped with ``ray.remote`` at start, with the configured resources)."""
+
+    def __init__(self, app: AppRef, run_id: int, run_config: dict[str, Any], threads: int,
+                 extra_paths: list[str]) -> None:
+        for p in extra_paths:
+            if p not in sys.path:
+                sys.path.append(p)
+        import torch
+
+        torch.set_num_threads(threads)
+        self._app = app.load()
+        self._run_id = run_id
+        self._run_config = run_config
+        self._cache: dict[str, RecordDict] = {}
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def run(self, content_ref: list[Any], node_id: int, node_config: dict[str, Any], state: RecordDict,
+            metadata: Any) -> TaskResult:
+        ref = content_ref[0]
+        key = ref.hex()
+        content = self._cache.get(key)
+        if content is None:
+            content = ray.get(ref)
+            if len(self._cache) >= 2:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = content
+        message = Message(content=copy_content(content), metadata=metadata)
+        return execute(self._app, Task(node_id, node_config, state, message), self._run_id, self._run_config)
+
+
+class RayExecutor:
+    def __init__(self, address: str = "", num_actors: int = 0, cpus_per_actor: float = 1.0,
+                 client_timeout: float = 0.0, max_retries: int = 1, threads: int = 1) -> None:
+        self.address = address
+        self.num_actors = num_actors or (os.cpu_count() or 1)
+        self.cpus_per_actor = cpus_per_actor
+        self.client_timeout = client_timeout
+        self.max_retries = max_retries
+        self.threads = threads
+        self._owns_ray = False
+        self._actors: list[Any] = []
+        self._actor_cls: Any = None
+        self._init_args: tuple[Any, ...] = ()
+        self.actors_replaced = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, app: AppRef, run_id: int, run_config: Mapping[str, Any]) -> None:
+        app.load()  # fail here, with a clear error, rather than inside every actor
+        needed = self.num_actors * self.cpus_per_actor
+        paths = [p for p in dict.fromkeys([os.getcwd(), *app.paths, *sys.path]) if p and os.path.isdir(p)]
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING,
+                                          log_to_driver=True, configure_logging=True)
+            if self.address:
+                ray.init(address=self.address, **kwargs)
+            else:
+                # "local" never attaches to a stale cluster left in Ray's temp folder.
+                cpus = max(os.cpu_count() or 1, int(-(-needed // 1)))
+                ray.init(address="local", num_cpus=cpus, **kwargs,
+                         runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}})
+            self._owns_ray = True
+        total = ray.cluster_resources().get("CPU", 0.0)
+        if needed > total:
+            self.shutdown()
+            raise ConfigError("ray.num_actors", self.num_actors,
+                              f"{self.num_actors} actors x {self.cpus_per_actor:g} CPUs exceed the "
+                              f"cluster's {total:g} CPUs")
+        self._actor_cls = ray.remote(num_cpus=self.cpus_per_actor, max_restarts=0)(_Worker)
+        self._init_args = (app, run_id, dict(run_config), self.threads, paths)
+        self._actors = [self._new_actor() for _ in range(self.num_actors)]
+        try:
+            ray.get([a.ready.remote() for a in self._actors], timeout=_READY_TIMEOUT_S)
+        except Exception as exc:
+            self.shutdown()
+            raise RuntimeError(f"Ray actors did not start: {type(exc).__name__}: {exc}") from None
+
+    def _new_actor(self) -> Any:
+        return self._actor_cls.remote(*self._init_args)
+
+    def shutdown(self) -> None:
+        for actor in self._actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        self._actors = []
+        if self._owns_ray and ray.is_initialized():
+            ray.shutdown()
+        self._owns_ray = False
+
+    # ---------------------------------------------------------------------- work
+    def run(self, tasks: Sequence[Task]) -> list[TaskResult]:
+        if not self._actors:
+            raise RuntimeError("RayExecutor.start() first")
+        # One object-store put per distinct content (the global model is shared).
+        refs: dict[int, Any] = {}
+        for t in tasks:
+            cid = id(t.message.content)
+            if cid not in refs:
+                refs[cid] = ray.put(t.message.content)
+        results: list[TaskResult | None] = [None] * len(tasks)
+        attempts = [0] * len(tasks)
+        queue: deque[int] = deque(range(len(tasks)))
+        inflight: dict[Any, tuple[int, int, float]] = {}  # ref -> (task index, actor slot, start)
+        load = [0] * len(self._actors)
+
+        def submit(i: int, slot: int) -> None:
+            t = tasks[i]
+            ref = self._actors[slot].run.remote([refs[id(t.message.content)]], t.node_id, t.node_config,
+                                                t.state, t.message.metadata)
+            inflight[ref] = (i, slot, time.monotonic())
+            load[slot] += 1
+
+        def replace(slot: int, reason: str) -> None:
+            try:
+                ray.kill(self._actors[slot], no_restart=True)
+            except Exception:  # noqa: BLE001
+                pass
+            self._actors[slot] = self._new_actor()
+            self.actors_replaced += 1
+            # Other calls queued on the dead actor were not at fault: run them again.
+            for ref, (j, s, _) in list(inflight.items()):
+                if s == slot:
+                    del inflight[ref]
+                    load[slot] -= 1
+                    queue.appendleft(j)
+
+        while queue or inflight:
+            for slot in sorted(range(len(self._actors)), key=lambda s: load[s]):
+                while queue and load[slot] < _IN_FLIGHT_PER_ACTOR:
+                    submit(queue.popleft(), slot)
+            wait_s = None
+            if self.client_timeout > 0:
+                oldest = min(start for _, _, start in inflight.values())
+                wait_s = max(0.0, oldest + self.client_timeout - time.monotonic())
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=wait_s)
+            if not ready:  # the oldest call ran out of time
+                ref, (i, slot, _) = min(inflight.items(), key=lambda kv: kv[1][2])
+                del inflight[ref]
+                load[slot] -= 1
+                results[i] = TaskResult(
+                    reply=error_reply(tasks[i].message, ErrorCode.CLIENT_APP_CRASHED,
+                                      f"ClientApp exceeded ray.client_timeout ({self.client_timeout:g} s)"),
+                    state=tasks[i].state, seconds=self.client_timeout)
+                replace(slot, "timeout")
+                continue
+            ref = ready[0]
+            i, slot, _ = inflight.pop(ref)
+            load[slot] -= 1
+            try:
+                results[i] = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError,
+                    ray.exceptions.WorkerCrashedError) as exc:
+                attempts[i] += 1
+                replace(slot, "died")
+                if attempts[i] <= self.max_retries:
+                    queue.appendleft(i)
+                else:
+                    results[i] = TaskResult(
+                        reply=error_reply(tasks[i].message, ErrorCode.CLIENT_APP_CRASHED,
+                                          f"Ray actor died running this client {attempts[i]} time(s): "
+                                          f"{type(exc).__name__}"),
+                        state=tasks[i].state, seconds=0.0)
+            except ray.exceptions.RayError as exc:
+                results[i] = TaskResult(
+                    reply=error_reply(tasks[i].message, ErrorCode.CLIENT_APP_CRASHED,
+                                      f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"),
+                    state=tasks[i].state, seconds=0.0)
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]

@@ -1,0 +1,29 @@
+"""Keys that cross the wire between the server and ClientApps, defined once."""
+
+NUM_EXAMPLES = "num-examples"
+SERVER_ROUND = "server-round"
+TRAIN_LOSS = "train_loss"
+STEPS = "steps"
+EVAL_LOSS = "eval_loss"
+EVAL_ACC = "eval_acc"
+PROXIMAL_MU = "proximal-mu"
+
+# Train-config overrides a ClientApp accepts from the strategy's ConfigRecord.
+LR = "lr"
+LOCAL_EPOCHS = "local-epochs"
+LOCAL_STEPS = "local-steps"
+BATCH_SIZE = "batch-size"
+
+# node_config keys (Flower's own names).
+PARTITION_ID = "partition-id"
+NUM_PARTITIONS = "num-partitions"
+
+# Record names in messages.
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+
+# Names under which user ClientApps commonly report metrics, tried in order.
+LOSS_ALIASES = (TRAIN_LOSS, "loss", "train-loss")
+EVAL_LOSS_ALIASES = (EVAL_LOSS, "loss", "eval-loss", "test_loss")
+EVAL_ACC_ALIASES = (EVAL_ACC, "accuracy", "acc", "eval-acc", "eval_accuracy", "test_acc")

@@ -1,0 +1,80 @@
+"""Per-round records built from the grid's exchanges (one dict per line of metrics.jsonl)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fedsim import keys
+from fedsim.grid import Exchange, weighted_metric
+
+#: Record fields that hold wall-clock measurements (everything else is deterministic).
+WALL_FIELDS = ("wall_round_s", "wall_total_s", "wall_client_s")
+
+
+class Recorder:
+    """Collects exchanges and closes them into one record per round.
+
+    ``close_round`` is called by the run loop at the end of each round (with the
+    centralized evaluation, if any). With ``auto_close`` (used when a user's own
+    ServerApp drives the grid), a round is closed when exchanges of a later round start.
+    """
+
+    def __init__(self, auto_close: bool = False, on_record: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.auto_close = auto_close
+        self.on_record = on_record
+        self._open: list[Exchange] = []
+        self._t0 = time.perf_counter()
+        self._t_last = self._t0
+
+    def on_exchange(self, exchange: Exchange) -> None:
+        if self.auto_close and self._open and exchange.round > self._open[-1].round:
+            self.close_round(self._open[-1].round)
+        self._open.append(exchange)
+
+    def close_round(self, rnd: int, central: tuple[float, float] | None = None) -> dict[str, Any]:
+        exs, self._open = self._open, []
+        train = [e for e in exs if e.phase.startswith("train")]
+        evals = [e for e in exs if e.phase.startswith("evaluate")]
+        now = time.perf_counter()
+        train_replies = [r for e in train for r in e.replies]
+        eval_replies = [r for e in evals for r in e.replies]
+        record: dict[str, Any] = {
+            "round": rnd,
+            "central_loss": central[0] if central else None,
+            "central_acc": central[1] if central else None,
+            "fed_loss": weighted_metric(eval_replies, keys.EVAL_LOSS_ALIASES),
+            "fed_acc": weighted_metric(eval_replies, keys.EVAL_ACC_ALIASES),
+            "train_loss": weighted_metric(train_replies, keys.LOSS_ALIASES),
+            "clients_sampled": sum(e.sampled for e in train),
+            "clients_replied": sum(e.replied for e in train),
+            "clients_failed": sum(len(e.failures) for e in train),
+            "eval_clients_sampled": sum(e.sampled for e in evals),
+            "eval_clients_replied": sum(e.replied for e in evals),
+            "eval_clients_failed": sum(len(e.failures) for e in evals),
+            "bytes_down": sum(e.bytes_down for e in exs),
+            "bytes_up": sum(e.bytes_up for e in exs),
+            "failures": [
+                {"partition_id": f.partition_id, "node_id": f.node_id, "phase": f.phase, "reason": f.reason}
+                for e in exs for f in e.failures
+            ],
+            "wall_round_s": now - self._t_last,
+            "wall_total_s": now - self._t0,
+            "wall_client_s": sum(e.client_seconds for e in exs),
+        }
+        self._t_last = now
+        self.records.append(record)
+        if self.on_record is not None:
+            self.on_record(record)
+        return record
+
+    def flush(self) -> None:
+        """Close whatever is still open (the last round of an auto-closed run)."""
+        if self._open:
+            self.close_round(self._open[-1].round)
+
+
+def without_wall(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in WALL_FIELDS}

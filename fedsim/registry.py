@@ -1,0 +1,46 @@
+"""Named registries: the extension points of fedsim (datasets, partitioners, models...)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from fedsim.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps a name to an entry; an unknown name is a `ConfigError` listing the known ones."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def decorator(entry: T) -> T:
+            self.add(name, entry)
+            return entry
+
+        return decorator
+
+    def add(self, name: str, entry: T) -> None:
+        key = name.lower()
+        if key in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        self._entries[key] = entry
+
+    def get(self, name: str, field: str) -> T:
+        key = name.lower() if isinstance(name, str) else name
+        if not isinstance(key, str) or key not in self._entries:
+            raise ConfigError(field, name, f"unknown {self.kind}; known: {', '.join(self.names())}")
+        return self._entries[key]
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())

@@ -1,0 +1,148 @@
+"""A run's results folder: resolved config, metrics.jsonl, summary.json and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CONFIG = "config.toml"
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class RunWriter:
+    """Writes a run's folder as it goes (metrics.jsonl grows one line per round)."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.out / METRICS
+        self.metrics_path.write_text("")
+
+    def write_config(self, plain: dict[str, Any]) -> Path:
+        import tomli_w
+
+        path = self.out / CONFIG
+        _atomic_write(path, tomli_w.dumps(plain))
+        return path
+
+    def append(self, record: dict[str, Any]) -> None:
+        with self.metrics_path.open("a") as fh:
+            fh.write(json.dumps(_clean(record), sort_keys=False) + "\n")
+
+    def write_summary(self, summary: dict[str, Any]) -> Path:
+        path = self.out / SUMMARY
+        _atomic_write(path, json.dumps(_clean(summary), indent=2) + "\n")
+        return path
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    p = Path(path)
+    if p.is_dir():
+        p = p / METRICS
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    central = [(r["round"], r["central_acc"]) for r in records if r.get("central_acc") is not None]
+    fed = [(r["round"], r["fed_acc"]) for r in records if r.get("fed_acc") is not None]
+    last = records[-1] if records else {}
+    return {
+        "rounds": max((r["round"] for r in records), default=0),
+        "final_central_acc": central[-1][1] if central else None,
+        "final_central_loss": last.get("central_loss"),
+        "best_central_acc": max((a for _, a in central), default=None),
+        "best_central_acc_round": max(central, key=lambda t: t[1])[0] if central else None,
+        "final_fed_acc": fed[-1][1] if fed else None,
+        "final_train_loss": next((r["train_loss"] for r in reversed(records) if r.get("train_loss") is not None), None),
+        "bytes_down": sum(r["bytes_down"] for r in records),
+        "bytes_up": sum(r["bytes_up"] for r in records),
+        "client_failures": sum(len(r["failures"]) for r in records),
+        "wall_total_s": last.get("wall_total_s"),
+    }
+
+
+def plot_curves(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    paths = []
+    rounds = [r["round"] for r in records]
+
+    def series(key: str) -> tuple[list[int], list[float]]:
+        pts = [(r["round"], r[key]) for r in records if r.get(key) is not None]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    for name, keys_labels, ylabel in (
+        ("accuracy.png", (("central_acc", "centralized (server test set)"), ("fed_acc", "federated (clients' test splits)")), "accuracy"),
+        ("loss.png", (("central_loss", "centralized"), ("fed_loss", "federated"), ("train_loss", "train (clients)")), "loss"),
+    ):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key, label in keys_labels:
+            xs, ys = series(key)
+            if xs:
+                ax.plot(xs, ys, marker="." if len(xs) < 60 else None, label=label)
+        ax.set_xlabel("round")
+        ax.set_ylabel(ylabel)
+        if rounds:
+            ax.set_xlim(min(rounds), max(max(rounds), 1))
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = out / name
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def plot_label_distribution(counts: np.ndarray, out: Path, max_clients: int = 100) -> Path:
+    """Stacked bars: each client's training samples by label."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    shown = counts[:max_clients]
+    n_clients, n_classes = shown.shape
+    fig, ax = plt.subplots(figsize=(max(6, min(16, 0.25 * n_clients + 2)), 4))
+    bottom = np.zeros(n_clients)
+    cmap = plt.get_cmap("tab20" if n_classes > 10 else "tab10")
+    for c in range(n_classes):
+        ax.bar(np.arange(n_clients), shown[:, c], bottom=bottom, width=0.85,
+               color=cmap(c % cmap.N), label=str(c) if n_classes <= 20 else None)
+        bottom += shown[:, c]
+    ax.set_xlabel("client (partition id)" + (f", first {max_clients} of {len(counts)}" if len(counts) > max_clients else ""))
+    ax.set_ylabel("training samples")
+    ax.set_title("label distribution per client")
+    if n_classes <= 20:
+        ax.legend(title="label", fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    path = out / "label_distribution.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,165 @@
+"""``fedsim.run(config) -> RunResult``: a scenario end to end on a `SimulationGrid`."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, MetricRecord
+from flwr.serverapp.strategy import Result
+
+from clients.models import build_model, init_model
+from clients.runconfig import to_run_config
+from clients.trainer import evaluate
+from fedsim import report, seeding
+from fedsim.config import Config, load_config
+from fedsim.executors import AppRef, make_executor
+from fedsim.grid import SimulationGrid
+from fedsim.metrics import Recorder
+from fedsim.progress import RoundProgress
+from scenarios.federation import federated_data
+from strategies.registry import build_strategy
+
+log = logging.getLogger("fedsim")
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a run produced. ``history`` holds the metrics.jsonl records (round 0 = initial model)."""
+
+    config: Config
+    history: list[dict[str, Any]]
+    arrays: ArrayRecord
+    summary: dict[str, Any]
+    out_dir: Path | None
+    paths: dict[str, Path]
+    flower_result: Result
+
+    def final(self, key: str) -> Any:
+        return next((r[key] for r in reversed(self.history) if r.get(key) is not None), None)
+
+
+@contextlib.contextmanager
+def flower_log_level(verbose: bool) -> Iterator[None]:
+    logger = logging.getLogger("flwr")
+    old = logger.level
+    if not verbose:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def default_out_dir(cfg: Config) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(cfg.report.out_dir) / f"{cfg.run.name}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def make_app_ref(cfg: Config) -> tuple[AppRef, dict[str, Any]]:
+    """The ClientApp to run and the run_config its Context carries."""
+    if cfg.client.app == "fedsim":
+        return AppRef("clients.app:app"), to_run_config(cfg)
+    return AppRef(cfg.client.app, paths=(os.getcwd(),)), dict(cfg.client.app_config)
+
+
+def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overrides: Iterable[str] = (),
+        write: bool = True) -> RunResult:
+    """Run a scenario. ``config`` is a `Config` or a TOML path; ``overrides`` are ``a.b=c`` edits.
+
+    With ``write`` (default) a results folder is written to ``out_dir`` (default
+    ``report.out_dir/<run name>-<timestamp>``).
+    """
+    cfg = load_config(config, overrides) if isinstance(config, (str, Path)) else config.replace(overrides)
+    seed = cfg.run.seed
+    out = (Path(out_dir) if out_dir is not None else default_out_dir(cfg)) if write else None
+    writer = report.RunWriter(out) if out is not None else None
+    paths: dict[str, Path] = {}
+
+    with flower_log_level(cfg.report.flower_logs), torch_threads(cfg.client.threads):
+        data = federated_data(cfg.data, seed)  # validates partitions before anything starts
+        model = init_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes, seed)
+        initial = ArrayRecord(model.state_dict())
+        server_model = build_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes)
+        strategy = build_strategy(cfg.strategy.name, cfg.strategy.params)
+        app_ref, run_config = make_app_ref(cfg)
+        if writer is not None:
+            paths["config"] = writer.write_config(cfg.to_dict())
+
+        progress = RoundProgress(cfg.run.rounds, cfg.run.name, enabled=cfg.report.progress)
+
+        def on_record(record: dict[str, Any]) -> None:
+            if writer is not None:
+                writer.append(record)
+            for f in record["failures"]:
+                log.warning("round %d: client %d failed in %s: %s", record["round"], f["partition_id"],
+                            f["phase"], f["reason"])
+            progress.update(record)
+
+        recorder = Recorder(on_record=on_record)
+        executor = make_executor(cfg.executor.name, **_executor_kwargs(cfg))
+        grid = SimulationGrid(cfg.data.num_clients, executor, seed=seed, observer=recorder.on_exchange)
+        executor.start(app_ref, grid.run.run_id, run_config)
+
+        def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            due = server_round % cfg.server.eval_every == 0 or server_round == cfg.run.rounds
+            central = None
+            if cfg.server.centralized_eval and due:
+                server_model.load_state_dict(arrays.to_torch_state_dict())
+                central = evaluate(server_model, data.server_x, data.server_y)
+            recorder.close_round(server_round, central)
+            if central is None:
+                return None
+            return MetricRecord({"loss": central[0], "accuracy": central[1]})
+
+        try:
+            with progress:
+                seeding.seed_python_random(seed, 0, "start")
+                result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.run.rounds,
+                                        timeout=cfg.server.timeout, evaluate_fn=evaluate_fn)
+        finally:
+            executor.shutdown()
+
+    summary = {"name": cfg.run.name, "seed": seed, "executor": cfg.executor.name,
+               "strategy": cfg.strategy.name, "dataset": cfg.data.dataset.name,
+               "num_clients": cfg.data.num_clients, **report.summarize(recorder.records)}
+    if writer is not None and out is not None:
+        paths["metrics"] = writer.metrics_path
+        paths["summary"] = writer.write_summary(summary)
+        if cfg.report.plots:
+            for p in report.plot_curves(recorder.records, out):
+                paths[p.stem] = p
+            paths["label_distribution"] = report.plot_label_distribution(data.label_counts(), out)
+    final_arrays = result.arrays if result.arrays is not None else initial
+    return RunResult(config=cfg, history=recorder.records, arrays=final_arrays, summary=summary,
+                     out_dir=out, paths=paths, flower_result=result)
+
+
+def _executor_kwargs(cfg: Config) -> dict[str, Any]:
+    if cfg.executor.name == "ray":
+        r = cfg.ray
+        return dict(address=r.address, num_actors=r.num_actors, cpus_per_actor=r.cpus_per_actor,
+                    client_timeout=r.client_timeout, max_retries=r.max_retries, threads=cfg.client.threads)
+    return dict(threads=cfg.client.threads)

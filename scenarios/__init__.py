@@ -1,0 +1,1 @@
+"""The simulated world: datasets, partitions and (later) devices, links and attacks."""

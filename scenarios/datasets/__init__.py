@@ -1,0 +1,12 @@
+"""Dataset registry. Importing this package registers the built-in datasets."""
+
+from scenarios.datasets import cifar10, digits, femnist, mnist, synthetic  # noqa: F401  (registration)
+from scenarios.datasets.base import (
+    DATASETS,
+    Dataset,
+    load_dataset,
+    register_dataset,
+    resolve_dataset_params,
+)
+
+__all__ = ["DATASETS", "Dataset", "load_dataset", "register_dataset", "resolve_dataset_params"]

@@ -1,0 +1,203 @@
+"""Partitioners: split a dataset's sample indices among clients.
+
+Each is registered with ``@register_partitioner(name, params=...)`` and called as
+``fn(y, groups, num_clients, params, rng) -> list[index array]``. Every partitioner
+returns disjoint index arrays (sorted) whose sizes sum to the dataset, and raises a
+`ConfigError` when its parameters cannot be met.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from fedsim.errors import ConfigError
+from fedsim.registry import Registry
+from fedsim.schema import option, parse
+
+Partition = list[np.ndarray]
+PartitionFn = Callable[[np.ndarray, "np.ndarray | None", int, Any, np.random.Generator], Partition]
+
+
+@dataclasses.dataclass(frozen=True)
+class PartitionerEntry:
+    fn: PartitionFn
+    params: type
+
+
+PARTITIONERS: Registry[PartitionerEntry] = Registry("partitioner")
+
+
+def register_partitioner(name: str, params: type) -> Callable[[PartitionFn], PartitionFn]:
+    def decorator(fn: PartitionFn) -> PartitionFn:
+        PARTITIONERS.add(name, PartitionerEntry(fn=fn, params=params))
+        return fn
+
+    return decorator
+
+
+def resolve_partitioner_params(name: str, raw: Mapping[str, Any], path: str) -> Any:
+    return parse(PARTITIONERS.get(name, f"{path}.name").params, raw, path)
+
+
+def partition(name: str, params: Any, y: np.ndarray, groups: np.ndarray | None, num_clients: int,
+              rng: np.random.Generator) -> Partition:
+    """Split indices ``0..len(y)-1`` among ``num_clients`` clients."""
+    if num_clients > len(y):
+        raise ConfigError("data.num_clients", num_clients,
+                          f"must be <= the {len(y)} training samples available")
+    parts = PARTITIONERS.get(name, "data.partitioner.name").fn(y, groups, num_clients, params, rng)
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def _split_by_counts(indices: np.ndarray, counts: np.ndarray) -> Partition:
+    return list(np.split(indices, np.cumsum(counts)[:-1]))
+
+
+# --------------------------------------------------------------------------- iid
+@dataclasses.dataclass(frozen=True)
+class IidParams:
+    pass
+
+
+@register_partitioner("iid", params=IidParams)
+def iid(y: np.ndarray, groups: Any, num_clients: int, params: IidParams, rng: np.random.Generator) -> Partition:
+    """A random permutation cut into near-equal parts."""
+    return list(np.array_split(rng.permutation(len(y)), num_clients))
+
+
+# ---------------------------------------------------------------------- dirichlet
+@dataclasses.dataclass(frozen=True)
+class DirichletParams:
+    alpha: float = option(0.5, gt=0.0, le=1e6, doc="concentration; smaller = more label skew")
+    min_size: int = option(1, ge=0, doc="resample until every client holds at least this many samples")
+    max_tries: int = option(100, ge=1, le=100_000)
+
+
+@register_partitioner("dirichlet", params=DirichletParams)
+def dirichlet(y: np.ndarray, groups: Any, num_clients: int, params: DirichletParams,
+              rng: np.random.Generator) -> Partition:
+    """Label skew (Hsu et al. 2019): for each class, shares over clients ~ Dir(alpha)."""
+    classes = np.unique(y)
+    by_class = [rng.permutation(np.flatnonzero(y == c)) for c in classes]
+    if params.min_size * num_clients > len(y):
+        raise ConfigError("data.partitioner.min_size", params.min_size,
+                          f"{num_clients} clients x {params.min_size} exceeds {len(y)} samples")
+    for _ in range(params.max_tries):
+        parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+        for idx in by_class:
+            shares = rng.dirichlet(np.full(num_clients, params.alpha))
+            counts = np.floor(shares * len(idx)).astype(np.int64)
+            # Hand out the remainder to the largest fractional parts (sizes sum exactly).
+            rest = len(idx) - counts.sum()
+            if rest:
+                order = np.argsort(-(shares * len(idx) - counts), kind="stable")
+                counts[order[:rest]] += 1
+            for k, chunk in enumerate(_split_by_counts(idx, counts)):
+                parts[k].append(chunk)
+        out = [np.concatenate(p) for p in parts]
+        if min(len(p) for p in out) >= params.min_size:
+            return out
+    raise ConfigError("data.partitioner.min_size", params.min_size,
+                      f"could not give every client this many samples in {params.max_tries} draws "
+                      f"(alpha {params.alpha:g}, {num_clients} clients); lower it or raise alpha")
+
+
+# ------------------------------------------------------------------------- shards
+@dataclasses.dataclass(frozen=True)
+class ShardsParams:
+    shards_per_client: int = option(2, ge=1, le=100_000, doc="k: each client holds exactly k labels")
+
+
+@register_partitioner("shards", params=ShardsParams)
+def shards(y: np.ndarray, groups: Any, num_clients: int, params: ShardsParams,
+           rng: np.random.Generator) -> Partition:
+    """McMahan et al. 2017: sort by label, cut into shards, give each client k shards.
+
+    Shards are cut inside each class and dealt so that a client's k shards have k
+    different labels; every sample is used.
+    """
+    k = params.shards_per_client
+    classes, class_sizes = np.unique(y, return_counts=True)
+    n_classes = len(classes)
+    total = num_clients * k
+    if k > n_classes:
+        raise ConfigError("data.partitioner.shards_per_client", k,
+                          f"must be <= the number of labels ({n_classes})")
+    if total < n_classes:
+        raise ConfigError("data.partitioner.shards_per_client", k,
+                          f"{num_clients} clients x {k} shards < {n_classes} labels: some labels would be unused")
+    # Shards per class: proportional to class size, at least 1, at most num_clients
+    # (so two shards of one class never land on the same client), summing to total.
+    cap = np.minimum(class_sizes, num_clients)
+    if cap.sum() < total:
+        raise ConfigError("data.partitioner.shards_per_client", k,
+                          f"{num_clients} clients x {k} shards need more samples per label than the data has")
+    ideal = class_sizes / class_sizes.sum() * total
+    count = np.clip(np.floor(ideal).astype(np.int64), 1, cap)
+    while count.sum() != total:
+        if count.sum() < total:
+            room = np.flatnonzero(count < cap)
+            j = room[np.argmax((ideal - count)[room])]
+            count[j] += 1
+        else:
+            room = np.flatnonzero(count > 1)
+            j = room[np.argmin((ideal - count)[room])]
+            count[j] -= 1
+    shard_list: list[np.ndarray] = []
+    for c, n_shards in zip(classes, count):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        shard_list.extend(np.array_split(idx, n_shards))
+    # Shards are grouped by class in a run of <= num_clients; dealing shard i to client
+    # i mod num_clients gives each client shards from k different classes.
+    owner = rng.permutation(num_clients)
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for i, shard in enumerate(shard_list):
+        parts[owner[i % num_clients]].append(shard)
+    return [np.concatenate(p) for p in parts]
+
+
+# ----------------------------------------------------------------------- quantity
+@dataclasses.dataclass(frozen=True)
+class QuantityParams:
+    exponent: float = option(1.5, gt=0.0, le=100.0, doc="power-law (Pareto) shape; smaller = more unequal sizes")
+    min_size: int = option(2, ge=1, doc="samples every client gets before the power-law share")
+
+
+@register_partitioner("quantity", params=QuantityParams)
+def quantity(y: np.ndarray, groups: Any, num_clients: int, params: QuantityParams,
+             rng: np.random.Generator) -> Partition:
+    """Quantity skew: IID labels, client sizes proportional to Pareto(exponent) draws."""
+    n = len(y)
+    if params.min_size * num_clients > n:
+        raise ConfigError("data.partitioner.min_size", params.min_size,
+                          f"{num_clients} clients x {params.min_size} exceeds {n} samples")
+    weights = rng.pareto(params.exponent, num_clients) + 1.0
+    rest = n - params.min_size * num_clients
+    counts = np.full(num_clients, params.min_size, dtype=np.int64) + rng.multinomial(rest, weights / weights.sum())
+    return _split_by_counts(rng.permutation(n), counts)
+
+
+# ------------------------------------------------------------------------ natural
+@dataclasses.dataclass(frozen=True)
+class NaturalParams:
+    pass
+
+
+@register_partitioner("natural", params=NaturalParams)
+def natural(y: np.ndarray, groups: np.ndarray | None, num_clients: int, params: NaturalParams,
+            rng: np.random.Generator) -> Partition:
+    """One client per natural group (Synthetic device, FEMNIST writer)."""
+    if groups is None:
+        raise ConfigError("data.partitioner.name", "natural", "this dataset has no natural groups; "
+                          "use iid, dirichlet, shards or quantity")
+    ids = np.unique(groups)
+    if len(ids) != num_clients:
+        raise ConfigError("data.num_clients", num_clients,
+                          f"must equal the dataset's {len(ids)} natural groups for the natural partitioner")
+    order = np.argsort(groups, kind="stable")
+    counts = np.bincount(np.searchsorted(ids, groups), minlength=len(ids))
+    return _split_by_counts(order, counts)

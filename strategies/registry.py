@@ -1,0 +1,177 @@
+"""Strategy registry: every Flower built-in by name, ours, and ``module:Class`` paths.
+
+A scenario's ``[strategy]`` table is ``name`` plus the strategy's constructor
+arguments. Arguments are checked against the constructor's signature (unknown names,
+missing required ones, types) and common ranges, so a typo fails before the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flwr.serverapp import strategy as flwr_strategy
+from flwr.serverapp.strategy import Strategy
+
+from fedsim.errors import ConfigError
+from fedsim.registry import Registry
+from fedsim.schema import coerce
+
+StrategyFactory = Callable[..., Strategy]
+
+STRATEGIES: Registry[StrategyFactory] = Registry("strategy")
+
+FLOWER_BUILTINS = (
+    "FedAvg", "FedProx", "FedAdam", "FedYogi", "FedAdagrad", "FedAvgM", "FedMedian",
+    "FedTrimmedAvg", "Krum", "MultiKrum", "Bulyan", "QFedAvg",
+)
+for _name in FLOWER_BUILTINS:
+    STRATEGIES.add(_name.lower(), getattr(flwr_strategy, _name))
+
+
+def register_strategy(name: str) -> Callable[[StrategyFactory], StrategyFactory]:
+    """Register a Strategy subclass (or a factory returning one) under ``name``."""
+    return STRATEGIES.register(name)
+
+
+# Ranges for argument names that Flower's strategies share.
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "fraction_train": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "fraction_evaluate": (lambda v: 0 <= v <= 1, "must be in (0, 1], or 0 to skip federated evaluation"),
+    "min_train_nodes": (lambda v: v >= 0, "must be >= 0"),
+    "min_evaluate_nodes": (lambda v: v >= 0, "must be >= 0"),
+    "min_available_nodes": (lambda v: v >= 0, "must be >= 0"),
+    "proximal_mu": (lambda v: v >= 0, "must be >= 0"),
+    "eta": (lambda v: v > 0, "must be > 0"),
+    "eta_l": (lambda v: v > 0, "must be > 0"),
+    "beta_1": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "beta_2": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "tau": (lambda v: v > 0, "must be > 0"),
+    "server_learning_rate": (lambda v: v > 0, "must be > 0"),
+    "server_momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "beta": (lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
+    "num_malicious_nodes": (lambda v: v >= 0, "must be >= 0"),
+    "num_nodes_to_select": (lambda v: v >= 0, "must be >= 0"),
+}
+
+_SCALARS = (bool, int, float, str)
+
+
+def resolve_class(name: str, field: str) -> StrategyFactory:
+    """A registered name, or ``package.module:Class`` for a user's own Strategy."""
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # noqa: BLE001 - report any import failure as config error
+            raise ConfigError(field, name, f"cannot import module {module_name!r} ({type(exc).__name__}: {exc})") from None
+        obj = module
+        for part in attr.split("."):
+            if not hasattr(obj, part):
+                raise ConfigError(field, name, f"module {module_name!r} has no attribute {attr!r}")
+            obj = getattr(obj, part)
+        if not (inspect.isclass(obj) and issubclass(obj, Strategy)):
+            raise ConfigError(field, name, "is not a flwr.serverapp.strategy.Strategy subclass")
+        return obj
+    return STRATEGIES.get(name, field)
+
+
+def _hints(factory: StrategyFactory) -> dict[str, Any]:
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: skip type checks
+        return {}
+
+
+def _configurable(tp: Any) -> bool:
+    """Whether an annotation is a TOML-expressible scalar type (possibly Optional)."""
+    if tp in _SCALARS:
+        return True
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return all(a in _SCALARS or a is type(None) for a in typing.get_args(tp))
+    return False
+
+
+def resolve_strategy_args(name: str, raw: Mapping[str, Any], path: str) -> "StrategyArgs":
+    factory = resolve_class(name, f"{path}.name")
+    sig = inspect.signature(factory)
+    hints = _hints(factory)
+    params = {p.name: p for p in sig.parameters.values()
+              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
+    allowed = [n for n, p in params.items() if n not in hints or _configurable(hints[n])]
+    has_var_kw = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+    args: dict[str, Any] = {}
+    for key, value in raw.items():
+        field = f"{path}.{key}"
+        if key not in params:
+            if has_var_kw:
+                args[key] = value
+                continue
+            raise ConfigError(field, value, f"unknown argument of {name}; allowed: {', '.join(allowed)}")
+        if key not in allowed:
+            raise ConfigError(field, value, "takes a Python object and cannot be set from a scenario file")
+        if key in hints:
+            value = coerce(field, value, hints[key])
+        if key in _RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
+            ok, text = _RANGES[key]
+            if not ok(value):
+                raise ConfigError(field, value, text)
+        args[key] = value
+    for pname, p in params.items():
+        if p.default is inspect.Parameter.empty and pname not in args:
+            raise ConfigError(f"{path}.{pname}", None, f"required argument of {name}")
+    return StrategyArgs(types.MappingProxyType(args))
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategyArgs:
+    """Validated constructor arguments (plain data, so configs stay comparable)."""
+
+    args: Mapping[str, Any]
+
+    def __plain__(self) -> dict[str, Any]:
+        return dict(self.args)
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self.args.items())))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StrategyArgs) and dict(self.args) == dict(other.args)
+
+
+def build_strategy(name: str, args: "StrategyArgs | Mapping[str, Any]") -> Strategy:
+    factory = resolve_class(name, "strategy.name")
+    kwargs = dict(args.args if isinstance(args, StrategyArgs) else args)
+    strategy = factory(**kwargs)
+    if not isinstance(strategy, Strategy):
+        raise ConfigError("strategy.name", name, "did not build a flwr.serverapp.strategy.Strategy")
+    return strategy
+
+
+def effective_args(name: str, args: "StrategyArgs") -> dict[str, Any]:
+    """The constructor's defaults overlaid with the scenario's arguments."""
+    sig = inspect.signature(resolve_class(name, "strategy.name"))
+    out = {p.name: p.default for p in sig.parameters.values() if p.default is not inspect.Parameter.empty}
+    out.update(args.args)
+    return out
+
+
+def check_against_federation(name: str, args: "StrategyArgs", num_clients: int, client_test_fraction: float) -> None:
+    """Flower's samplers wait forever for more nodes than exist: refuse that up front."""
+    eff = effective_args(name, args)
+    for key in ("min_available_nodes", "min_train_nodes", "min_evaluate_nodes"):
+        value = eff.get(key)
+        if key == "min_evaluate_nodes" and eff.get("fraction_evaluate") == 0:
+            continue
+        if isinstance(value, int) and value > num_clients:
+            raise ConfigError(f"strategy.{key}", value, f"must be <= data.num_clients ({num_clients})")
+    fe = eff.get("fraction_evaluate")
+    if isinstance(fe, (int, float)) and fe > 0 and client_test_fraction == 0:
+        raise ConfigError("strategy.fraction_evaluate", fe,
+                          "must be 0 when data.client_test_fraction is 0 (clients have no local test data)")
