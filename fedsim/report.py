@@ -111,7 +111,8 @@ def plot_curves(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
         if rounds:
             ax.set_xlim(min(rounds), max(max(rounds), 1))
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
         fig.tight_layout()
         path = out / name
         fig.savefig(path, dpi=100)
@@ -138,6 +139,9 @@ def plot_label_distribution(counts: np.ndarray, out: Path, max_clients: int = 10
         bottom += shown[:, c]
     ax.set_xlabel("client (partition id)" + (f", first {max_clients} of {len(counts)}" if len(counts) > max_clients else ""))
     ax.set_ylabel("training samples")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("label distribution per client")
     if n_classes <= 20:
         ax.legend(title="label", fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")

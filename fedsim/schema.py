@@ -88,7 +88,9 @@ def describe_range(meta: Mapping[str, Any]) -> str | None:
         return None
     lo = {"gt", "ge"} & {k for k in meta if meta.get(k) is not None}
     hi = {"lt", "le"} & {k for k in meta if meta.get(k) is not None}
-    if lo and hi and meta.get("le", meta.get("lt")) in (1, 1.0) and meta.get("gt", meta.get("ge")) == 0:
+    low = next((meta[k] for k in lo), None)
+    high = next((meta[k] for k in hi), None)
+    if lo and hi and high == 1 and low == 0:
         left = "(" if "gt" in lo else "["
         right = ")" if "lt" in hi else "]"
         return f"must be in {left}0, 1{right}"

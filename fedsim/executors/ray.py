@@ -82,6 +82,7 @@ class RayExecutor:
         app.load()  # fail here, with a clear error, rather than inside every actor
         needed = self.num_actors * self.cpus_per_actor
         paths = [p for p in dict.fromkeys([os.getcwd(), *app.paths, *sys.path]) if p and os.path.isdir(p)]
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silence a Ray FutureWarning
         if not ray.is_initialized():
             kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING,
                                           log_to_driver=True, configure_logging=True)

@@ -1,0 +1,1 @@
+"""W1: a plain Flower app used to compare simulation engines."""
