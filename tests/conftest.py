@@ -24,7 +24,7 @@ def tiny_raw(**sections: Any) -> dict[str, Any]:
     }
     for key, value in sections.items():
         raw.setdefault(key, {})
-        if isinstance(value, dict) and isinstance(raw[key], dict):
+        if isinstance(value, dict) and isinstance(raw[key], dict) and "name" not in value:
             raw[key] = {**raw[key], **value}
         else:
             raw[key] = value
