@@ -1,0 +1,94 @@
+"""The Ray executor: same numbers as serial, failures reported, dead actors replaced."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.serverapp.strategy import FedAvg
+
+import fedsim
+from fedsim.executors import AppRef
+from fedsim.executors.ray import RayExecutor
+from fedsim.grid import Exchange, SimulationGrid
+from fedsim.metrics import without_wall
+from tests.conftest import tiny_config
+from tests.test_grid import initial
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def test_same_seed_same_metrics_on_serial_and_ray_with_1_or_2_actors() -> None:
+    cfg = tiny_config(run={"rounds": 3, "seed": 11})
+    serial = fedsim.run(cfg, write=False)
+    runs = [fedsim.run(cfg.replace(["executor.name=ray", f"ray.num_actors={n}"]), write=False) for n in (1, 2)]
+    want = [without_wall(r) for r in serial.history]
+    for res in runs:
+        assert [without_wall(r) for r in res.history] == want
+        for key in serial.arrays:
+            assert np.array_equal(serial.arrays[key].numpy(), res.arrays[key].numpy())
+    other_seed = fedsim.run(cfg.replace(["run.seed=12"]), write=False)
+    assert [without_wall(r) for r in other_seed.history] != want
+
+
+def ray_grid(n: int, run_config: dict, **kwargs) -> tuple[SimulationGrid, RayExecutor, list[Exchange]]:
+    exchanges: list[Exchange] = []
+    ex = RayExecutor(num_actors=2, **kwargs)
+    grid = SimulationGrid(n, ex, seed=0, observer=exchanges.append)
+    ex.start(AppRef("tests.apps.toy:app"), grid.run.run_id, run_config)
+    return grid, ex, exchanges
+
+
+def test_failing_client_on_ray_is_reported_and_round_goes_on() -> None:
+    grid, ex, exchanges = ray_grid(4, {"fail-partition": 3})
+    try:
+        result = FedAvg(fraction_train=1.0, fraction_evaluate=0.0).start(grid=grid, initial_arrays=initial(),
+                                                                          num_rounds=2)
+    finally:
+        ex.shutdown()
+    assert result.arrays["value"].numpy()[0] == pytest.approx((0 + 2 + 6) / (1 + 2 + 3))
+    assert [len(e.failures) for e in exchanges] == [1, 1]
+    assert "client 3 was told to fail" in exchanges[0].failures[0].reason
+
+
+def test_dead_actor_is_replaced_and_its_client_retried(tmp_path: Path) -> None:
+    grid, ex, exchanges = ray_grid(4, {"exit-partition": 2, "marker-dir": str(tmp_path)})
+    try:
+        result = FedAvg(fraction_train=1.0, fraction_evaluate=0.0).start(grid=grid, initial_arrays=initial(),
+                                                                          num_rounds=2)
+        replaced = ex.actors_replaced
+    finally:
+        ex.shutdown()
+    assert (tmp_path / "exited-2").exists()  # it really died once
+    assert replaced >= 1
+    assert all(not e.failures for e in exchanges)
+    assert result.arrays["value"].numpy()[0] == pytest.approx(2.0)  # nobody lost
+
+
+def test_client_that_always_kills_its_actor_fails_after_one_retry(tmp_path: Path) -> None:
+    grid, ex, exchanges = ray_grid(4, {"exit-partition": 1, "exit-always": True, "marker-dir": str(tmp_path)})
+    try:
+        FedAvg(fraction_train=1.0, fraction_evaluate=0.0).start(grid=grid, initial_arrays=initial(), num_rounds=1)
+    finally:
+        ex.shutdown()
+    (failure,) = exchanges[0].failures
+    assert failure.partition_id == 1 and "actor died" in failure.reason and "2 time" in failure.reason
+
+
+def test_client_past_the_wall_timeout_is_abandoned() -> None:
+    grid, ex, exchanges = ray_grid(3, {"sleep-partition": 0, "sleep-seconds": 120}, client_timeout=4.0)
+    try:
+        FedAvg(fraction_train=1.0, fraction_evaluate=0.0).start(grid=grid, initial_arrays=initial(), num_rounds=1)
+    finally:
+        ex.shutdown()
+    (failure,) = exchanges[0].failures
+    assert failure.partition_id == 0 and "client_timeout" in failure.reason
+    assert exchanges[0].replied == 2
+
+
+@pytest.mark.slow
+def test_quickstart_reaches_085_on_ray(tmp_path: Path) -> None:
+    res = fedsim.run("scenarios/presets/quickstart.toml", out_dir=tmp_path / "qs",
+                     overrides=["report.progress=false", "executor.name=ray", "ray.num_actors=2"])
+    assert res.summary["final_central_acc"] >= 0.85
