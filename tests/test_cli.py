@@ -1,0 +1,87 @@
+"""The command line end to end, in fresh processes (as a user runs it)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from fedsim.metrics import without_wall
+from fedsim.report import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+W1APP = ROOT / "benchmarks" / "w1app"
+
+
+def fedsim_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fedsim.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def test_cli_run_preset_writes_results(tmp_path: Path) -> None:
+    out = tmp_path / "qs"
+    proc = fedsim_cli("run", "quickstart", "--set", "run.rounds=3", "--set", "data.num_clients=8", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "final centralized accuracy" in proc.stdout and str(out) in proc.stdout
+    records = read_metrics(out)
+    assert [r["round"] for r in records] == [0, 1, 2, 3]
+    assert all(r["clients_sampled"] == 4 for r in records[1:])
+    assert {p.name for p in out.iterdir()} >= {"config.toml", "metrics.jsonl", "summary.json", "accuracy.png",
+                                              "loss.png", "label_distribution.png"}
+
+
+def test_cli_presets_lists_shipped_scenarios() -> None:
+    proc = fedsim_cli("presets")
+    assert proc.returncode == 0 and {"quickstart", "synthetic"} <= set(proc.stdout.split())
+
+
+def test_run_app_runs_an_unmodified_flower_app_serial_and_ray(tmp_path: Path) -> None:
+    runs = {}
+    for executor in ("serial", "ray"):
+        out = tmp_path / executor
+        proc = fedsim_cli("run-app", str(W1APP), "--run-config", "num-server-rounds=3", "--num-supernodes", "20",
+                          "--executor", executor, "--num-actors", "2", "--out", str(out))
+        assert proc.returncode == 0, proc.stderr
+        result = next(line for line in proc.stdout.splitlines() if line.startswith("W1-RESULT "))
+        runs[executor] = (json.loads(result.removeprefix("W1-RESULT ")), read_metrics(out))
+    (acc_s, rec_s), (acc_r, rec_r) = runs["serial"], runs["ray"]
+    assert acc_s == acc_r  # the ServerApp's own centralized accuracy, identical
+    assert [without_wall(r) for r in rec_s] == [without_wall(r) for r in rec_r]
+    assert [r["round"] for r in rec_s] == [1, 2, 3]
+    assert all(r["clients_sampled"] == 2 and r["clients_failed"] == 0 for r in rec_s)  # 10% of 20
+
+
+def test_run_app_bad_folder_and_bad_key(tmp_path: Path) -> None:
+    proc = fedsim_cli("run-app", str(tmp_path))
+    assert proc.returncode == 2 and "pyproject.toml" in proc.stderr and "Traceback" not in proc.stderr
+    proc = fedsim_cli("run-app", str(W1APP), "--run-config", "num-rounds=3")
+    assert proc.returncode == 2 and "unknown key" in proc.stderr and "num-server-rounds" in proc.stderr
+
+
+@pytest.mark.slow
+def test_ray_address_attaches_to_an_existing_cluster(tmp_path: Path) -> None:
+    """A separate process owns a Ray cluster; `ray.address` makes fedsim join it, not start one."""
+    head = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys, time, ray
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
+        print(ray.get_runtime_context().gcs_address, flush=True)
+        sys.stdin.read()  # live until the test closes stdin
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        address = head.stdout.readline().strip()
+        assert ":" in address
+        proc = fedsim_cli("run", "quickstart", "--set", "run.rounds=2", "--set", "executor.name=ray",
+                          "--set", f'ray.address="{address}"', "--set", "ray.num_actors=2",
+                          "--out", str(tmp_path / "r"))
+        assert proc.returncode == 0, proc.stderr
+        assert len(read_metrics(tmp_path / "r")) == 3
+        assert head.poll() is None  # fedsim did not shut the cluster it joined
+    finally:
+        head.stdin.close()
+        head.wait(timeout=60)
+    time.sleep(0.5)

@@ -1,0 +1,111 @@
+"""Local training: step counts, reproducibility, the FedProx term, evaluation maths."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from clients import trainer
+from clients.models import MODELS, CNNParams, LogRegParams, MLPParams, build_model, init_model
+from fedsim import seeding
+from fedsim.errors import ConfigError
+
+
+def toy_data(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    return x, y
+
+
+@pytest.mark.parametrize(("n", "bs", "epochs", "steps", "want"), [(64, 10, 1, 0, 7), (64, 10, 3, 0, 21),
+                                                                  (64, 64, 2, 0, 2), (64, 10, 1, 25, 25),
+                                                                  (5, 10, 1, 0, 1), (0, 10, 1, 0, 0)])
+def test_step_counts(n: int, bs: int, epochs: int, steps: int, want: int) -> None:
+    s = trainer.TrainSettings(epochs=epochs, steps=steps, batch_size=bs)
+    assert s.total_steps(n) == want
+
+
+def test_training_is_reproducible_and_learns() -> None:
+    x, y = toy_data()
+    outcomes, states = [], []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = nn.Linear(4, 2)
+        before = trainer.evaluate(model, x, y)[0]
+        out = trainer.train(model, x, y, trainer.TrainSettings(epochs=20, batch_size=8, lr=0.5),
+                            seeding.torch_generator(1, 2, 3, "batches"))
+        outcomes.append(out)
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        assert trainer.evaluate(model, x, y)[0] < before / 2
+    assert outcomes[0] == outcomes[1]
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert outcomes[0].steps == 20 * 8 and outcomes[0].examples_seen == 20 * 64
+
+
+def test_proximal_term_is_the_squared_l2_distance() -> None:
+    model = nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 2.0]]))
+        model.bias.copy_(torch.tensor([3.0]))
+    global_params = [torch.tensor([[0.0, 0.0]]), torch.tensor([1.0])]
+    # (1^2 + 2^2) + (3 - 1)^2 = 9 -- squared, not the norm (3).
+    assert float(trainer.proximal_term(model, global_params)) == pytest.approx(9.0)
+
+
+def test_fedprox_mu_keeps_the_local_model_near_the_global_one() -> None:
+    x, y = toy_data()
+
+    def drift(mu: float) -> float:
+        torch.manual_seed(0)
+        model = nn.Linear(4, 2)
+        start = [p.detach().clone() for p in model.parameters()]
+        trainer.train(model, x, y, trainer.TrainSettings(epochs=10, batch_size=8, lr=0.3, proximal_mu=mu),
+                      seeding.torch_generator(0, 0, 0, "b"))
+        return float(trainer.proximal_term(model, start))
+
+    assert drift(2.0) < 0.5 * drift(0.0)
+
+
+def test_evaluate_by_hand() -> None:
+    model = nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0], [-1.0]]))  # class 0 if x > 0
+    x = torch.tensor([[1.0], [2.0], [-1.0], [-3.0]])
+    y = torch.tensor([0, 1, 1, 1])
+    loss, acc = trainer.evaluate(model, x, y)
+    assert acc == pytest.approx(0.75)
+    logits = torch.tensor([[1.0, -1.0], [2.0, -2.0], [-1.0, 1.0], [-3.0, 3.0]])
+    want = torch.nn.functional.cross_entropy(logits, y).item()
+    assert loss == pytest.approx(want)
+    assert all(math.isnan(v) for v in trainer.evaluate(model, x[:0], y[:0]))
+
+
+def test_model_registry_shapes() -> None:
+    assert set(MODELS.names()) >= {"logreg", "mlp", "cnn"}
+    for shape in ((1, 8, 8), (1, 28, 28), (3, 32, 32)):
+        out = build_model("cnn", CNNParams(), shape, 10)(torch.zeros(2, *shape))
+        assert out.shape == (2, 10)
+    assert build_model("mlp", MLPParams(hidden=(200,)), (60,), 10)(torch.zeros(3, 60)).shape == (3, 10)
+    lr = build_model("logreg", LogRegParams(), (60,), 10)
+    assert sum(p.numel() for p in lr.parameters()) == 60 * 10 + 10
+    with pytest.raises(ConfigError, match="model.name = 'cnn': needs image inputs"):
+        build_model("cnn", CNNParams(), (60,), 10)
+    a = init_model("mlp", MLPParams(hidden=(8,)), (4,), 2, seed=5)
+    b = init_model("mlp", MLPParams(hidden=(8,)), (4,), 2, seed=5)
+    c = init_model("mlp", MLPParams(hidden=(8,)), (4,), 2, seed=6)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not torch.equal(next(a.parameters()), next(c.parameters()))
+
+
+def test_seed_streams_are_reproducible_and_independent() -> None:
+    a = seeding.rng(1, 2, 3, "x").random(5)
+    assert (a == seeding.rng(1, 2, 3, "x").random(5)).all()
+    for other in (seeding.rng(1, 2, 3, "y"), seeding.rng(1, 2, 4, "x"), seeding.rng(1, 3, 3, "x"),
+                  seeding.rng(2, 2, 3, "x"), seeding.rng(1, 2, seeding.SERVER, "x")):
+        assert not (a == other.random(5)).any()
+    s = seeding.int_seed(1, 2, 3, "x")
+    assert 0 <= s < 2**63 and s == seeding.int_seed(1, 2, 3, "x")
