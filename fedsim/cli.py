@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_app.add_argument("--seed", type=int, default=0, help="seeds node sampling (Flower's `random`)")
     p_app.add_argument("--out", default=None, help="results folder")
     p_app.add_argument("--verbose", action="store_true", help="show Flower's INFO logs")
+    p_app.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
     sub.add_parser("presets", help="list the shipped scenario presets")
     return parser
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
             res = run_app(args.path, run_config=args.run_config, num_supernodes=args.num_supernodes,
                           executor=args.executor, num_actors=args.num_actors, seed=args.seed, out_dir=args.out,
-                          verbose=args.verbose)
+                          verbose=args.verbose, plots=not args.no_plots)
             print(f"{res.summary['app']}: {res.summary['rounds']} rounds on {res.summary['num_supernodes']} "
                   f"simulated SuperNodes; results in {res.out_dir}")
             return 0

@@ -80,7 +80,7 @@ def read_app(path: str | Path) -> FlowerApp:
 
 def run_app(path: str | Path, *, run_config: Iterable[str] = (), num_supernodes: int | None = None,
             executor: str = "serial", num_actors: int = 0, seed: int = 0, out_dir: str | Path | None = None,
-            threads: int = 1, verbose: bool = False) -> AppRunResult:
+            threads: int = 1, verbose: bool = False, plots: bool = True) -> AppRunResult:
     """Run a Flower app folder on a `SimulationGrid`; ``run_config`` items are ``key=value``."""
     app = read_app(path)
     config = dict(app.run_config)
@@ -120,6 +120,6 @@ def run_app(path: str | Path, *, run_config: Iterable[str] = (), num_supernodes:
                "num_supernodes": n, "executor": executor, "seed": seed, "run_config": config,
                **report.summarize(recorder.records)}
     writer.write_summary(summary)
-    if recorder.records:
+    if plots and recorder.records:
         report.plot_curves(recorder.records, out)
     return AppRunResult(history=recorder.records, summary=summary, out_dir=out, context=context)

@@ -44,7 +44,8 @@ def test_run_app_runs_an_unmodified_flower_app_serial_and_ray(tmp_path: Path) ->
     runs = {}
     for executor in ("serial", "ray"):
         out = tmp_path / executor
-        proc = fedsim_cli("run-app", str(W1APP), "--run-config", "num-server-rounds=3", "--num-supernodes", "20",
+        proc = fedsim_cli("run-app", str(W1APP), "--run-config", "num-server-rounds=3", "--run-config", "num-devices=20",
+                          "--num-supernodes", "20",
                           "--executor", executor, "--num-actors", "2", "--out", str(out))
         assert proc.returncode == 0, proc.stderr
         result = next(line for line in proc.stdout.splitlines() if line.startswith("W1-RESULT "))

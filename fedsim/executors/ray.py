@@ -89,10 +89,18 @@ class RayExecutor:
             if self.address:
                 ray.init(address=self.address, **kwargs)
             else:
-                # "local" never attaches to a stale cluster left in Ray's temp folder.
+                # "local" never attaches to a stale cluster left in Ray's temp folder. Workers
+                # inherit PYTHONPATH from the raylet this starts (cheaper than a runtime_env).
                 cpus = max(os.cpu_count() or 1, int(-(-needed // 1)))
-                ray.init(address="local", num_cpus=cpus, **kwargs,
-                         runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}})
+                old = os.environ.get("PYTHONPATH")
+                os.environ["PYTHONPATH"] = os.pathsep.join(paths + ([old] if old else []))
+                try:
+                    ray.init(address="local", num_cpus=cpus, **kwargs)
+                finally:
+                    if old is None:
+                        os.environ.pop("PYTHONPATH", None)
+                    else:
+                        os.environ["PYTHONPATH"] = old
             self._owns_ray = True
         total = ray.cluster_resources().get("CPU", 0.0)
         if needed > total:

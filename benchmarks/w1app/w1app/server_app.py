@@ -16,7 +16,7 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     cfg = task.settings(context.run_config)
     seed = int(cfg["seed"])
-    num_nodes = len(list(grid.get_node_ids()))
+    num_nodes = int(cfg["num-devices"])  # FedAvg waits until this many SuperNodes are connected
     torch.manual_seed(seed)
     model = task.make_model()
     x_test, y_test = task.server_test_set(num_nodes, seed)

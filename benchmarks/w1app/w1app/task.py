@@ -16,7 +16,7 @@ from torch import nn
 
 DIM, CLASSES, TRAIN_PER_DEVICE, TEST_PER_DEVICE = 60, 10, 200, 20
 
-DEFAULTS = {"num-server-rounds": 20, "fraction-train": 0.1, "local-epochs": 1, "batch-size": 20,
+DEFAULTS = {"num-server-rounds": 20, "num-devices": 100, "fraction-train": 0.1, "local-epochs": 1, "batch-size": 20,
             "lr": 0.05, "seed": 0}
 
 

@@ -1,0 +1,202 @@
+"""Engine overhead on workload W1, every engine in one invocation.
+
+W1 = 100 clients, 10 per round, 20 rounds, MLP 60-200-10, 200 synthetic samples per
+client, 1 local epoch, batch 20, SGD lr 0.05, torch threads 1. The workload is the
+ordinary Flower app in ``benchmarks/w1app`` (ClientApp + ServerApp written only
+against Flower's API), run by:
+
+  (a) plain      a single-process torch loop with weight averaging (the baseline)
+  (b) serial     fedsim's SimulationGrid, in-process executor (``fedsim run-app``)
+  (c) ray        fedsim's SimulationGrid, Ray executor with 2 actors
+  (d) flower     Flower's own ``flwr.simulation.run_simulation`` (Ray backend, 1 CPU per client)
+  (e) native-*   the same workload as a fedsim scenario with fedsim's own ClientApp
+
+Each variant runs in a fresh process, ``--repeats`` times; the table shows medians.
+``run s`` is the simulation itself (after imports, including engine start-up such as
+``ray.init``); ``process s`` is the whole process. Peak memory is summed over the
+process tree (Ray's raylet, GCS and workers included), sampled every 50 ms.
+
+    python benchmarks/engine_overhead.py [--repeats 3] [--variants plain,serial,ray,flower]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+W1APP = HERE / "w1app"
+VARIANTS = ("plain", "serial", "ray", "flower", "native-serial", "native-ray")
+ROUNDS, CLIENTS, PER_ROUND, SEED = 20, 100, 10, 0
+
+
+def variant_plain() -> dict:
+    sys.path.insert(0, str(W1APP))
+    import torch
+    from w1app import task
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    cfg = task.settings({})
+    torch.manual_seed(SEED)
+    model = task.make_model()
+    glob = {k: v.clone() for k, v in model.state_dict().items()}
+    x_test, y_test = task.server_test_set(CLIENTS, SEED)
+    sampler = random.Random(SEED)
+    for rnd in range(1, ROUNDS + 1):
+        chosen = sampler.sample(range(CLIENTS), PER_ROUND)
+        total = {k: torch.zeros_like(v) for k, v in glob.items()}
+        weight = 0
+        for pid in chosen:
+            local = task.make_model()
+            local.load_state_dict(glob)
+            x, y, _, _ = task.device_data(pid, SEED)
+            task.train(local, x, y, cfg["local-epochs"], cfg["batch-size"], cfg["lr"],
+                       task.batch_generator(SEED, rnd, pid))
+            for k, v in local.state_dict().items():
+                total[k] += v * len(x)
+            weight += len(x)
+        glob = {k: v / weight for k, v in total.items()}
+        model.load_state_dict(glob)
+        loss, acc = task.evaluate(model, x_test, y_test)  # every round, as the ServerApp does
+    return {"run_s": time.perf_counter() - start, "accuracy": acc}
+
+
+def variant_fedsim_app(executor: str) -> dict:
+    import io
+    from contextlib import redirect_stdout
+
+    from fedsim.runapp import run_app
+
+    start = time.perf_counter()
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        res = run_app(W1APP, num_supernodes=CLIENTS, executor=executor, num_actors=2, seed=SEED, plots=False,
+                      out_dir=Path(os.environ.get("TMPDIR", "/tmp")) / f"w1-{executor}-{os.getpid()}")
+    elapsed = time.perf_counter() - start
+    line = next(l for l in buf.getvalue().splitlines() if l.startswith("W1-RESULT "))
+    return {"run_s": elapsed, "accuracy": json.loads(line.removeprefix("W1-RESULT "))["accuracy"],
+            "rounds": len(res.history)}
+
+
+def variant_flower() -> dict:
+    import io
+    import logging
+    from contextlib import redirect_stdout
+
+    sys.path.insert(0, str(W1APP))
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    from flwr.simulation import run_simulation
+    from w1app.client_app import app as client_app
+    from w1app.server_app import app as server_app
+
+    random.seed(SEED)
+    start = time.perf_counter()
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=CLIENTS,
+                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                       "init_args": {"include_dashboard": False, "num_cpus": 2}})
+    elapsed = time.perf_counter() - start
+    line = next(l for l in buf.getvalue().splitlines() if l.startswith("W1-RESULT "))
+    return {"run_s": elapsed, "accuracy": json.loads(line.removeprefix("W1-RESULT "))["accuracy"]}
+
+
+def native_config(executor: str):  # type: ignore[no-untyped-def]
+    from fedsim.config import from_dict
+
+    return from_dict({
+        "run": {"name": "w1-native", "seed": SEED, "rounds": ROUNDS},
+        # 250 per device, 20% held out for the server per device -> 200 training samples each.
+        "data": {"dataset": {"name": "synthetic", "alpha": 1.0, "beta": 1.0, "samples_per_device": 250},
+                 "partitioner": "natural", "num_clients": CLIENTS, "client_test_fraction": 0.0},
+        "model": {"name": "mlp", "hidden": [200]},
+        "client": {"local_epochs": 1, "batch_size": 20, "lr": 0.05, "threads": 1},
+        "strategy": {"name": "fedavg", "fraction_train": PER_ROUND / CLIENTS, "fraction_evaluate": 0.0},
+        "executor": {"name": executor},
+        "ray": {"num_actors": 2},
+        "report": {"progress": False, "plots": False},
+    })
+
+
+def variant_native(executor: str) -> dict:
+    import fedsim
+
+    cfg = native_config(executor)
+    start = time.perf_counter()
+    res = fedsim.run(cfg, write=False)
+    return {"run_s": time.perf_counter() - start, "accuracy": res.summary["final_central_acc"]}
+
+
+def child(name: str) -> dict:
+    if name == "plain":
+        return variant_plain()
+    if name in ("serial", "ray"):
+        return variant_fedsim_app(name)
+    if name == "flower":
+        return variant_flower()
+    if name.startswith("native-"):
+        return variant_native(name.removeprefix("native-"))
+    raise SystemExit(f"unknown variant {name}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variant", help=argparse.SUPPRESS)
+    ap.add_argument("--json-out", help=argparse.SUPPRESS)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    args = ap.parse_args()
+    if args.variant:
+        Path(args.json_out).write_text(json.dumps(child(args.variant)))
+        return
+
+    sys.path.insert(0, str(HERE))
+    from _measure import median_of, run_child
+
+    names = [v for v in args.variants.split(",") if v]
+    results: dict[str, list[dict]] = {n: [] for n in names}
+    for rep in range(args.repeats):  # interleave variants so machine noise hits all alike
+        for name in names:
+            r = run_child(Path(__file__), ["--variant", name])
+            results[name].append(r)
+            print(f"  [{rep + 1}/{args.repeats}] {name:14s} run {r['run_s']:6.2f} s  process {r['process_s']:6.2f} s"
+                  f"  peak {r['peak_rss_mb']:7.0f} MB  acc {r['accuracy']:.4f}", file=sys.stderr)
+
+    base = {k: median_of(results["plain"], k) for k in ("run_s", "process_s")} if "plain" in results else None
+    print(f"\nW1: {CLIENTS} clients, {PER_ROUND}/round, {ROUNDS} rounds, MLP 60-200-10, 200 samples/client, "
+          f"E=1, B=20, lr 0.05, 1 torch thread; median of {args.repeats} (peak memory: max)\n")
+    header = f"{'variant':16s} {'run s':>7s} {'x plain':>8s} {'process s':>10s} {'x plain':>8s} " \
+             f"{'peak RSS MB':>12s} {'peak PSS MB':>12s} {'final acc':>10s}"
+    print(header)
+    print("-" * len(header))
+    for name in names:
+        rs = results[name]
+        run_s, proc_s = median_of(rs, "run_s"), median_of(rs, "process_s")
+        rx = f"{run_s / base['run_s']:.2f}" if base else "-"
+        px = f"{proc_s / base['process_s']:.2f}" if base else "-"
+        accs = sorted(r["accuracy"] for r in rs)
+        print(f"{name:16s} {run_s:7.2f} {rx:>8s} {proc_s:10.2f} {px:>8s} {max(r['peak_rss_mb'] for r in rs):12.0f} "
+              f"{max(r['peak_pss_mb'] for r in rs):12.0f} {statistics_median(accs):10.4f}")
+    if {"ray", "flower"} <= set(results):
+        ray_run, fl_run = median_of(results["ray"], "run_s"), median_of(results["flower"], "run_s")
+        ray_p, fl_p = median_of(results["ray"], "process_s"), median_of(results["flower"], "process_s")
+        print(f"\nflower / fedsim-ray: {fl_run / ray_run:.2f}x (run), {fl_p / ray_p:.2f}x (process)  [target >= 3x]")
+    if base and "serial" in results:
+        print(f"fedsim-serial / plain: {median_of(results['serial'], 'run_s') / base['run_s']:.2f}x (run), "
+              f"{median_of(results['serial'], 'process_s') / base['process_s']:.2f}x (process)  [target <= 1.3x]")
+
+
+def statistics_median(values: list[float]) -> float:
+    import statistics
+
+    return statistics.median(values)
+
+
+if __name__ == "__main__":
+    main()
