@@ -10,10 +10,14 @@ against Flower's API), run by:
   (c) ray        fedsim's SimulationGrid, Ray executor with 2 actors
   (d) flower     Flower's own ``flwr.simulation.run_simulation`` (Ray backend, 1 CPU per client)
   (e) native-*   the same workload as a fedsim scenario with fedsim's own ClientApp
+  (f) *-warm     (c) and (d) joining an already running local Ray cluster (started once by
+                 this script, not timed, its processes not counted in peak memory)
 
 Each variant runs in a fresh process, ``--repeats`` times; the table shows medians.
-``run s`` is the simulation itself (after imports, including engine start-up such as
-``ray.init``); ``process s`` is the whole process. Peak memory is summed over the
+``loop s`` is the round loop alone (from the centralized evaluation of the initial model
+to that of the last round, timed by the ServerApp); ``run s`` is the simulation (after
+imports, with engine start-up and shutdown such as ``ray.init``); ``process s`` is the
+whole process. Peak memory is summed over the
 process tree (Ray's raylet, GCS and workers included), sampled every 50 ms.
 
     python benchmarks/engine_overhead.py [--repeats 3] [--variants plain,serial,ray,flower]
@@ -31,7 +35,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 W1APP = HERE / "w1app"
-VARIANTS = ("plain", "serial", "ray", "flower", "native-serial", "native-ray")
+VARIANTS = ("plain", "serial", "ray", "flower", "native-serial", "native-ray", "ray-warm", "flower-warm")
+WARM_ENV = "FEDSIM_BENCH_RAY_ADDRESS"
 ROUNDS, CLIENTS, PER_ROUND, SEED = 20, 100, 10, 0
 
 
@@ -48,6 +53,8 @@ def variant_plain() -> dict:
     glob = {k: v.clone() for k, v in model.state_dict().items()}
     x_test, y_test = task.server_test_set(CLIENTS, SEED)
     sampler = random.Random(SEED)
+    task.evaluate(model, x_test, y_test)
+    loop_start = time.perf_counter()
     for rnd in range(1, ROUNDS + 1):
         chosen = sampler.sample(range(CLIENTS), PER_ROUND)
         total = {k: torch.zeros_like(v) for k, v in glob.items()}
@@ -64,27 +71,36 @@ def variant_plain() -> dict:
         glob = {k: v / weight for k, v in total.items()}
         model.load_state_dict(glob)
         loss, acc = task.evaluate(model, x_test, y_test)  # every round, as the ServerApp does
-    return {"run_s": time.perf_counter() - start, "accuracy": acc}
+    end = time.perf_counter()
+    return {"run_s": end - start, "loop_s": end - loop_start, "accuracy": acc}
 
 
-def variant_fedsim_app(executor: str) -> dict:
+def variant_fedsim_app(executor: str, address: str = "") -> dict:
     import io
     from contextlib import redirect_stdout
 
     from fedsim.runapp import run_app
 
+    if address:  # join the running cluster, as `ray.address` does in a scenario
+        import ray
+
+        ray.init(address=address, include_dashboard=False, logging_level="WARNING")
     start = time.perf_counter()
     buf = io.StringIO()
     with redirect_stdout(buf):
         res = run_app(W1APP, num_supernodes=CLIENTS, executor=executor, num_actors=2, seed=SEED, plots=False,
                       out_dir=Path(os.environ.get("TMPDIR", "/tmp")) / f"w1-{executor}-{os.getpid()}")
     elapsed = time.perf_counter() - start
-    line = next(l for l in buf.getvalue().splitlines() if l.startswith("W1-RESULT "))
-    return {"run_s": elapsed, "accuracy": json.loads(line.removeprefix("W1-RESULT "))["accuracy"],
-            "rounds": len(res.history)}
+    return {"run_s": elapsed, **w1_result(buf.getvalue()), "rounds": len(res.history)}
 
 
-def variant_flower() -> dict:
+def w1_result(stdout: str) -> dict:
+    line = next(l for l in stdout.splitlines() if l.startswith("W1-RESULT "))
+    out = json.loads(line.removeprefix("W1-RESULT "))
+    return {"accuracy": out["accuracy"], "loop_s": out["loop_s"]}
+
+
+def variant_flower(address: str = "") -> dict:
     import io
     import logging
     from contextlib import redirect_stdout
@@ -101,10 +117,10 @@ def variant_flower() -> dict:
     with redirect_stdout(buf):
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=CLIENTS,
                        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                       "init_args": {"include_dashboard": False, "num_cpus": 2}})
+                                       "init_args": ({"address": address} if address else
+                                                     {"include_dashboard": False, "num_cpus": 2})})
     elapsed = time.perf_counter() - start
-    line = next(l for l in buf.getvalue().splitlines() if l.startswith("W1-RESULT "))
-    return {"run_s": elapsed, "accuracy": json.loads(line.removeprefix("W1-RESULT "))["accuracy"]}
+    return {"run_s": elapsed, **w1_result(buf.getvalue())}
 
 
 def native_config(executor: str):  # type: ignore[no-untyped-def]
@@ -130,7 +146,8 @@ def variant_native(executor: str) -> dict:
     cfg = native_config(executor)
     start = time.perf_counter()
     res = fedsim.run(cfg, write=False)
-    return {"run_s": time.perf_counter() - start, "accuracy": res.summary["final_central_acc"]}
+    loop = res.history[-1]["wall_total_s"] - res.history[0]["wall_total_s"]
+    return {"run_s": time.perf_counter() - start, "loop_s": loop, "accuracy": res.summary["final_central_acc"]}
 
 
 def child(name: str) -> dict:
@@ -140,6 +157,10 @@ def child(name: str) -> dict:
         return variant_fedsim_app(name)
     if name == "flower":
         return variant_flower()
+    if name == "ray-warm":
+        return variant_fedsim_app("ray", os.environ[WARM_ENV])
+    if name == "flower-warm":
+        return variant_flower(os.environ[WARM_ENV])
     if name.startswith("native-"):
         return variant_native(name.removeprefix("native-"))
     raise SystemExit(f"unknown variant {name}")
@@ -157,38 +178,81 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(HERE))
-    from _measure import median_of, run_child
 
     names = [v for v in args.variants.split(",") if v]
     results: dict[str, list[dict]] = {n: [] for n in names}
-    for rep in range(args.repeats):  # interleave variants so machine noise hits all alike
+    head = start_warm_cluster() if any(n.endswith("-warm") for n in names) else None
+    try:
+        run_all(names, results, args.repeats)
+    finally:
+        if head is not None:
+            head.stdin.close()
+            head.wait(timeout=120)
+    report(names, results, args.repeats)
+
+
+def start_warm_cluster():  # type: ignore[no-untyped-def]
+    import subprocess
+    import textwrap
+
+    head = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys, ray
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        print(ray.get_runtime_context().gcs_address, flush=True)
+        sys.stdin.read()
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(W1APP), str(HERE.parent)])})
+    os.environ[WARM_ENV] = head.stdout.readline().strip()
+    return head
+
+
+def run_all(names: list[str], results: dict[str, list[dict]], repeats: int) -> None:
+    from _measure import run_child
+
+    for rep in range(repeats):  # interleave variants so machine noise hits all alike
         for name in names:
             r = run_child(Path(__file__), ["--variant", name])
             results[name].append(r)
-            print(f"  [{rep + 1}/{args.repeats}] {name:14s} run {r['run_s']:6.2f} s  process {r['process_s']:6.2f} s"
+            print(f"  [{rep + 1}/{repeats}] {name:14s} run {r['run_s']:6.2f} s  process {r['process_s']:6.2f} s"
                   f"  peak {r['peak_rss_mb']:7.0f} MB  acc {r['accuracy']:.4f}", file=sys.stderr)
 
-    base = {k: median_of(results["plain"], k) for k in ("run_s", "process_s")} if "plain" in results else None
+
+
+def report(names: list[str], results: dict[str, list[dict]], repeats: int) -> None:
+    from _measure import median_of
+
+    base = ({k: median_of(results["plain"], k) for k in ("loop_s", "run_s", "process_s")}
+            if "plain" in results else None)
     print(f"\nW1: {CLIENTS} clients, {PER_ROUND}/round, {ROUNDS} rounds, MLP 60-200-10, 200 samples/client, "
-          f"E=1, B=20, lr 0.05, 1 torch thread; median of {args.repeats} (peak memory: max)\n")
-    header = f"{'variant':16s} {'run s':>7s} {'x plain':>8s} {'process s':>10s} {'x plain':>8s} " \
-             f"{'peak RSS MB':>12s} {'peak PSS MB':>12s} {'final acc':>10s}"
+          f"E=1, B=20, lr 0.05, 1 torch thread; median of {repeats} (peak memory: max)\n")
+    header = f"{'variant':16s} {'loop s':>7s} {'x plain':>8s} {'run s':>7s} {'x plain':>8s} {'process s':>10s} " \
+             f"{'x plain':>8s} {'peak RSS MB':>12s} {'peak PSS MB':>12s} {'final acc':>10s}"
     print(header)
     print("-" * len(header))
     for name in names:
         rs = results[name]
-        run_s, proc_s = median_of(rs, "run_s"), median_of(rs, "process_s")
+        loop_s, run_s, proc_s = median_of(rs, "loop_s"), median_of(rs, "run_s"), median_of(rs, "process_s")
+        lx = f"{loop_s / base['loop_s']:.2f}" if base else "-"
         rx = f"{run_s / base['run_s']:.2f}" if base else "-"
         px = f"{proc_s / base['process_s']:.2f}" if base else "-"
         accs = sorted(r["accuracy"] for r in rs)
-        print(f"{name:16s} {run_s:7.2f} {rx:>8s} {proc_s:10.2f} {px:>8s} {max(r['peak_rss_mb'] for r in rs):12.0f} "
+        print(f"{name:16s} {loop_s:7.2f} {lx:>8s} {run_s:7.2f} {rx:>8s} {proc_s:10.2f} {px:>8s} {max(r['peak_rss_mb'] for r in rs):12.0f} "
               f"{max(r['peak_pss_mb'] for r in rs):12.0f} {statistics_median(accs):10.4f}")
     if {"ray", "flower"} <= set(results):
         ray_run, fl_run = median_of(results["ray"], "run_s"), median_of(results["flower"], "run_s")
         ray_p, fl_p = median_of(results["ray"], "process_s"), median_of(results["flower"], "process_s")
-        print(f"\nflower / fedsim-ray: {fl_run / ray_run:.2f}x (run), {fl_p / ray_p:.2f}x (process)  [target >= 3x]")
+        ray_l, fl_l = median_of(results["ray"], "loop_s"), median_of(results["flower"], "loop_s")
+        print(f"\nflower / fedsim-ray: {fl_l / ray_l:.2f}x (round loop), {fl_run / ray_run:.2f}x (run), "
+              f"{fl_p / ray_p:.2f}x (process)  [target >= 3x end to end]")
+    if {"ray-warm", "flower-warm"} <= set(results):
+        w_r, w_f = median_of(results["ray-warm"], "run_s"), median_of(results["flower-warm"], "run_s")
+        w_rp, w_fp = median_of(results["ray-warm"], "process_s"), median_of(results["flower-warm"], "process_s")
+        w_rl, w_fl = median_of(results["ray-warm"], "loop_s"), median_of(results["flower-warm"], "loop_s")
+        print(f"flower-warm / fedsim-ray-warm: {w_fl / w_rl:.2f}x (round loop), {w_f / w_r:.2f}x (run), "
+              f"{w_fp / w_rp:.2f}x (process)")
     if base and "serial" in results:
-        print(f"fedsim-serial / plain: {median_of(results['serial'], 'run_s') / base['run_s']:.2f}x (run), "
+        print(f"fedsim-serial / plain: {median_of(results['serial'], 'loop_s') / base['loop_s']:.2f}x (round loop), "
+              f"{median_of(results['serial'], 'run_s') / base['run_s']:.2f}x (run), "
               f"{median_of(results['serial'], 'process_s') / base['process_s']:.2f}x (process)  [target <= 1.3x]")
 
 

@@ -1,14 +1,38 @@
 """fedsim: federated-learning simulation on Flower strategies.
 
 ``fedsim.run(config)`` runs a scenario; ``fedsim.SimulationGrid`` is the Flower ``Grid``
-that simulates the federation, usable by any Flower strategy or ServerApp.
+that simulates the federation, usable by any Flower strategy or ServerApp. Names are
+imported on first use, so Ray workers that only need an executor stay light.
 """
 
-from fedsim.config import Config, from_dict, load_config
-from fedsim.errors import ConfigError
-from fedsim.grid import SimulationGrid
-from fedsim.runner import RunResult, run
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "Config": "fedsim.config",
+    "from_dict": "fedsim.config",
+    "load_config": "fedsim.config",
+    "ConfigError": "fedsim.errors",
+    "SimulationGrid": "fedsim.grid",
+    "RunResult": "fedsim.runner",
+    "run": "fedsim.runner",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fedsim' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __all__ = ["Config", "ConfigError", "RunResult", "SimulationGrid", "from_dict", "load_config", "run", "__version__"]

@@ -53,7 +53,8 @@ def test_proximal_term_is_the_squared_l2_distance() -> None:
         model.bias.copy_(torch.tensor([3.0]))
     global_params = [torch.tensor([[0.0, 0.0]]), torch.tensor([1.0])]
     # (1^2 + 2^2) + (3 - 1)^2 = 9 -- squared, not the norm (3).
-    assert float(trainer.proximal_term(model, global_params)) == pytest.approx(9.0)
+    with torch.no_grad():
+        assert float(trainer.proximal_term(model, global_params)) == pytest.approx(9.0)
 
 
 def test_fedprox_mu_keeps_the_local_model_near_the_global_one() -> None:
