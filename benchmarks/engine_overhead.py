@@ -40,6 +40,9 @@ WARM_ENV = "FEDSIM_BENCH_RAY_ADDRESS"
 ROUNDS, CLIENTS, PER_ROUND, SEED = 20, 100, 10, 0
 
 
+ROUNDS = int(os.environ.get("W1_ROUNDS", ROUNDS))  # --rounds, passed to the child processes
+
+
 def variant_plain() -> dict:
     sys.path.insert(0, str(W1APP))
     import torch
@@ -89,6 +92,7 @@ def variant_fedsim_app(executor: str, address: str = "") -> dict:
     buf = io.StringIO()
     with redirect_stdout(buf):
         res = run_app(W1APP, num_supernodes=CLIENTS, executor=executor, num_actors=2, seed=SEED, plots=False,
+                      run_config=[f"num-server-rounds={ROUNDS}"],
                       out_dir=Path(os.environ.get("TMPDIR", "/tmp")) / f"w1-{executor}-{os.getpid()}")
     elapsed = time.perf_counter() - start
     return {"run_s": elapsed, **w1_result(buf.getvalue()), "rounds": len(res.history)}
@@ -109,7 +113,10 @@ def variant_flower(address: str = "") -> dict:
     logging.getLogger("flwr").setLevel(logging.WARNING)
     from flwr.simulation import run_simulation
     from w1app.client_app import app as client_app
+    from w1app import task
     from w1app.server_app import app as server_app
+
+    task.DEFAULTS["num-server-rounds"] = ROUNDS  # run_simulation passes no run config: set the default
 
     random.seed(SEED)
     start = time.perf_counter()
@@ -172,7 +179,9 @@ def main() -> None:
     ap.add_argument("--json-out", help=argparse.SUPPRESS)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--rounds", type=int, default=20, help="W1 has 20; more rounds show how start-up costs amortize")
     args = ap.parse_args()
+    os.environ["W1_ROUNDS"] = str(args.rounds)
     if args.variant:
         Path(args.json_out).write_text(json.dumps(child(args.variant)))
         return
@@ -181,11 +190,14 @@ def main() -> None:
 
     names = [v for v in args.variants.split(",") if v]
     results: dict[str, list[dict]] = {n: [] for n in names}
-    head = start_warm_cluster() if any(n.endswith("-warm") for n in names) else None
-    try:
-        run_all(names, results, args.repeats)
-    finally:
-        if head is not None:
+    cold = [n for n in names if not n.endswith("-warm")]
+    warm = [n for n in names if n.endswith("-warm")]
+    run_all(cold, results, args.repeats)
+    if warm:  # the warm cluster runs only while the warm variants do, so it cannot slow the others
+        head = start_warm_cluster()
+        try:
+            run_all(warm, results, args.repeats)
+        finally:
             head.stdin.close()
             head.wait(timeout=120)
     report(names, results, args.repeats)
@@ -223,7 +235,8 @@ def report(names: list[str], results: dict[str, list[dict]], repeats: int) -> No
 
     base = ({k: median_of(results["plain"], k) for k in ("loop_s", "run_s", "process_s")}
             if "plain" in results else None)
-    print(f"\nW1: {CLIENTS} clients, {PER_ROUND}/round, {ROUNDS} rounds, MLP 60-200-10, 200 samples/client, "
+    rounds = int(os.environ["W1_ROUNDS"])
+    print(f"\nW1: {CLIENTS} clients, {PER_ROUND}/round, {rounds} rounds, MLP 60-200-10, 200 samples/client, "
           f"E=1, B=20, lr 0.05, 1 torch thread; median of {repeats} (peak memory: max)\n")
     header = f"{'variant':16s} {'loop s':>7s} {'x plain':>8s} {'run s':>7s} {'x plain':>8s} {'process s':>10s} " \
              f"{'x plain':>8s} {'peak RSS MB':>12s} {'peak PSS MB':>12s} {'final acc':>10s}"

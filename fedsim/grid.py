@@ -26,7 +26,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedsim import keys, seeding
-from fedsim.executors.base import Executor, Task, error_reply
+from fedsim.executors.base import Executor, Task, TaskResult, error_reply
 
 #: Node ids are ``NODE_ID_OFFSET + partition id``.
 NODE_ID_OFFSET = 1_000_000
@@ -217,12 +217,11 @@ class SimulationGrid(Grid):
             node_config = {keys.PARTITION_ID: pid, keys.NUM_PARTITIONS: self.num_nodes}
             tasks.append(Task(node_id=dst, node_config=node_config, state=self.node_state(dst), message=msg))
             task_ids.append(mid)
-        results = self.executor.run(tasks) if tasks else []
+        results = self._run_in_waves(tasks)
         bytes_up = 0
         seconds = 0.0
         replies = []
         for mid, task, res in zip(task_ids, tasks, results):
-            self._states[task.node_id] = res.state
             reply = res.reply
             seconds += res.seconds
             pid = self.partition_id(task.node_id)
@@ -241,6 +240,31 @@ class SimulationGrid(Grid):
                                    replied=sum(1 for r in replies if not r.has_error()),
                                    failures=tuple(failures), bytes_down=bytes_down, bytes_up=bytes_up,
                                    client_seconds=seconds, replies=tuple(replies)))
+
+
+    def _run_in_waves(self, tasks: list[Task]) -> list[TaskResult]:
+        """Run tasks; several messages for one node run one after another, as on a SuperNode.
+
+        Each wave holds at most one task per node, and a node's state from one wave is
+        the state of its next task, so every executor sees the same state sequence.
+        """
+        seen: dict[int, int] = {}
+        waves: list[list[int]] = []
+        for i, task in enumerate(tasks):
+            w = seen.get(task.node_id, 0)
+            seen[task.node_id] = w + 1
+            if w == len(waves):
+                waves.append([])
+            waves[w].append(i)
+        results: list[TaskResult | None] = [None] * len(tasks)
+        for wave in waves:
+            batch = [tasks[i] for i in wave]
+            for task in batch:
+                task.state = self.node_state(task.node_id)
+            for i, res in zip(wave, self.executor.run(batch)):
+                self._states[tasks[i].node_id] = res.state
+                results[i] = res
+        return results  # type: ignore[return-value]
 
 
 def weighted_metric(replies: Sequence[Message], names: Sequence[str]) -> float | None:

@@ -36,7 +36,13 @@ class RunWriter:
     """Writes a run's folder as it goes (metrics.jsonl grows one line per round)."""
 
     def __init__(self, out_dir: str | Path) -> None:
+        from fedsim.errors import ConfigError
+
         self.out = Path(out_dir)
+        if (self.out / METRICS).exists():
+            raise ConfigError("--out", str(self.out), "already holds a run's results; choose a new folder")
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError("--out", str(self.out), "is a file, not a folder")
         self.out.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.out / METRICS
         self.metrics_path.write_text("")

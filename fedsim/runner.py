@@ -141,6 +141,7 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
                                         timeout=cfg.server.timeout, evaluate_fn=evaluate_fn)
         finally:
             executor.shutdown()
+        recorder.flush()  # a strategy with its own start() may not call evaluate_fn every round
 
     summary = {"name": cfg.run.name, "seed": seed, "executor": cfg.executor.name,
                "strategy": cfg.strategy.name, "dataset": cfg.data.dataset.name,

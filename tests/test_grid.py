@@ -151,3 +151,13 @@ def test_waiting_for_nodes_that_never_come_fails_fast_instead_of_hanging() -> No
     with pytest.raises(RuntimeError, match="this simulation has 3"):
         FedAvg(min_available_nodes=10).start(grid=grid, initial_arrays=initial(), num_rounds=1)
     assert time.monotonic() - start < 15
+
+
+def test_two_messages_for_one_node_run_in_order_with_its_state() -> None:
+    grid, _ = make_grid(2)
+    content = RecordDict({"arrays": initial(), "config": ConfigRecord({"server-round": 1})})
+    node = NODE_ID_OFFSET
+    replies = list(grid.send_and_receive([Message(content, node, "train") for _ in range(3)]
+                                         + [Message(content, node + 1, "train")]))
+    # The toy app counts calls in context.state: the node's three calls see 1, 2, 3.
+    assert [r.content["metrics"]["calls"] for r in replies] == [1, 2, 3, 1]

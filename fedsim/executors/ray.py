@@ -75,6 +75,7 @@ class RayExecutor:
         self._actors: list[Any] = []
         self._actor_cls: Any = None
         self._init_args: tuple[Any, ...] = ()
+        self._ready: list[Any] = []
         self.actors_replaced = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -111,16 +112,24 @@ class RayExecutor:
         self._actor_cls = ray.remote(num_cpus=self.cpus_per_actor, max_restarts=0)(_Worker)
         self._init_args = (app, run_id, dict(run_config), self.threads, paths)
         self._actors = [self._new_actor() for _ in range(self.num_actors)]
+        # Actors boot while the server does its own set-up; the first run() waits for them.
+        self._ready = [a.ready.remote() for a in self._actors]
+
+    def _wait_ready(self) -> None:
+        if not self._ready:
+            return
+        refs, self._ready = self._ready, []
         try:
-            ray.get([a.ready.remote() for a in self._actors], timeout=_READY_TIMEOUT_S)
+            ray.get(refs, timeout=_READY_TIMEOUT_S)
         except Exception as exc:
             self.shutdown()
-            raise RuntimeError(f"Ray actors did not start: {type(exc).__name__}: {exc}") from None
+            raise RuntimeError(f"Ray actors did not start: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
 
     def _new_actor(self) -> Any:
         return self._actor_cls.remote(*self._init_args)
 
     def shutdown(self) -> None:
+        self._ready = []
         for actor in self._actors:
             try:
                 ray.kill(actor, no_restart=True)
@@ -135,6 +144,7 @@ class RayExecutor:
     def run(self, tasks: Sequence[Task]) -> list[TaskResult]:
         if not self._actors:
             raise RuntimeError("RayExecutor.start() first")
+        self._wait_ready()
         # One object-store put per distinct content (the global model is shared).
         refs: dict[int, Any] = {}
         for t in tasks:
