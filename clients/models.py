@@ -11,35 +11,25 @@ import torch
 from torch import nn
 
 from fedsim.errors import ConfigError
-from fedsim.registry import Registry
-from fedsim.schema import option, parse
+from fedsim.registry import PluginRegistry
+from fedsim.schema import option
 
 ModelFn = Callable[[tuple[int, ...], int, Any], nn.Module]
 
-
-@dataclasses.dataclass(frozen=True)
-class ModelEntry:
-    build: ModelFn
-    params: type
-
-
-MODELS: Registry[ModelEntry] = Registry("model")
+MODELS = PluginRegistry("model")
 
 
 def register_model(name: str, params: type) -> Callable[[ModelFn], ModelFn]:
-    def decorator(fn: ModelFn) -> ModelFn:
-        MODELS.add(name, ModelEntry(build=fn, params=params))
-        return fn
-
-    return decorator
+    """Register ``build(input_shape, num_classes, params) -> nn.Module`` under ``name``."""
+    return MODELS.register_fn(name, params)
 
 
 def resolve_model_params(name: str, raw: Mapping[str, Any], path: str) -> Any:
-    return parse(MODELS.get(name, f"{path}.name").params, raw, path)
+    return MODELS.resolve_params(name, raw, path)
 
 
 def build_model(name: str, params: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    return MODELS.get(name, "model.name").build(tuple(input_shape), num_classes, params)
+    return MODELS.get(name, "model.name").fn(tuple(input_shape), num_classes, params)
 
 
 @dataclasses.dataclass(frozen=True)

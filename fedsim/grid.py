@@ -16,7 +16,6 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
 
 import numpy as np
 from flwr.app import Message, RecordDict

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
 
 from fedsim.errors import ConfigError
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Registry(Generic[T]):
@@ -44,3 +46,33 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+@dataclasses.dataclass(frozen=True)
+class NoParams:
+    """Parameters of a plugin that takes none."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Plugin:
+    """A registered function and the dataclass of its scenario parameters."""
+
+    fn: Callable[..., Any]
+    params: type
+
+
+class PluginRegistry(Registry[Plugin]):
+    """A registry whose entries take validated parameters from the scenario file."""
+
+    def register_fn(self, name: str, params: type = NoParams) -> Callable[[F], F]:
+        def decorator(fn: F) -> F:
+            self.add(name, Plugin(fn=fn, params=params))
+            return fn
+
+        return decorator
+
+    def resolve_params(self, name: str, raw: Mapping[str, Any], path: str) -> Any:
+        """Validate ``raw`` against the parameters of plugin ``name`` (``path`` names the table)."""
+        from fedsim.schema import parse
+
+        return parse(self.get(name, f"{path}.name").params, raw, path)

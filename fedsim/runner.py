@@ -47,11 +47,12 @@ class RunResult:
 
 
 @contextlib.contextmanager
-def flower_log_level(verbose: bool) -> Iterator[None]:
+def flower_log_level(verbose: bool, quiet: int = logging.WARNING) -> Iterator[None]:
+    """Flower logs every round at INFO; unless ``verbose``, show only ``quiet`` and above."""
     logger = logging.getLogger("flwr")
     old = logger.level
     if not verbose:
-        logger.setLevel(logging.WARNING)
+        logger.setLevel(quiet)
     try:
         yield
     finally:
@@ -103,7 +104,8 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
         model = init_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes, seed)
         initial = ArrayRecord(model.state_dict())
         server_model = build_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes)
-        strategy = build_strategy(cfg.strategy.name, cfg.strategy.params)
+        with flower_log_level(cfg.report.flower_logs, quiet=logging.ERROR):  # e.g. "fraction_evaluate is 0"
+            strategy = build_strategy(cfg.strategy.name, cfg.strategy.params)
         app_ref, run_config = make_app_ref(cfg)
         if writer is not None:
             paths["config"] = writer.write_config(cfg.to_dict())

@@ -15,32 +15,23 @@ from typing import Any
 import numpy as np
 
 from fedsim.errors import ConfigError
-from fedsim.registry import Registry
-from fedsim.schema import option, parse
+from fedsim.registry import PluginRegistry
+from fedsim.schema import option
 
 Partition = list[np.ndarray]
 PartitionFn = Callable[[np.ndarray, "np.ndarray | None", int, Any, np.random.Generator], Partition]
 
 
-@dataclasses.dataclass(frozen=True)
-class PartitionerEntry:
-    fn: PartitionFn
-    params: type
-
-
-PARTITIONERS: Registry[PartitionerEntry] = Registry("partitioner")
+PARTITIONERS = PluginRegistry("partitioner")
 
 
 def register_partitioner(name: str, params: type) -> Callable[[PartitionFn], PartitionFn]:
-    def decorator(fn: PartitionFn) -> PartitionFn:
-        PARTITIONERS.add(name, PartitionerEntry(fn=fn, params=params))
-        return fn
-
-    return decorator
+    """Register ``fn(y, groups, num_clients, params, rng) -> list[index array]`` under ``name``."""
+    return PARTITIONERS.register_fn(name, params)
 
 
 def resolve_partitioner_params(name: str, raw: Mapping[str, Any], path: str) -> Any:
-    return parse(PARTITIONERS.get(name, f"{path}.name").params, raw, path)
+    return PARTITIONERS.resolve_params(name, raw, path)
 
 
 def partition(name: str, params: Any, y: np.ndarray, groups: np.ndarray | None, num_clients: int,

@@ -8,9 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.errors import ConfigError
-from fedsim.registry import Registry
-from fedsim.schema import parse
+from fedsim.registry import NoParams, PluginRegistry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,42 +40,19 @@ class Dataset:
             raise ValueError(f"{self.name}: groups do not match samples")
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetEntry:
-    load: Callable[[Any, int, int], Dataset]  # (params, seed, num_clients) -> Dataset
-    params: type
-
-
-DATASETS: Registry[DatasetEntry] = Registry("dataset")
-
-
-@dataclasses.dataclass(frozen=True)
-class NoParams:
-    pass
+DATASETS = PluginRegistry("dataset")
 
 
 def register_dataset(name: str, params: type = NoParams) -> Callable[[Callable[..., Dataset]], Callable[..., Dataset]]:
     """Register ``load(params, seed, num_clients) -> Dataset`` under ``name``."""
-
-    def decorator(fn: Callable[..., Dataset]) -> Callable[..., Dataset]:
-        DATASETS.add(name, DatasetEntry(load=fn, params=params))
-        return fn
-
-    return decorator
+    return DATASETS.register_fn(name, params)
 
 
 def resolve_dataset_params(name: str, raw: Mapping[str, Any], path: str) -> Any:
-    entry = DATASETS.get(name, f"{path}.name")
-    return parse(entry.params, raw, path)
+    return DATASETS.resolve_params(name, raw, path)
 
 
 def load_dataset(name: str, params: Any, seed: int, num_clients: int) -> Dataset:
-    entry = DATASETS.get(name, "data.dataset.name")
-    return entry.load(params, seed, num_clients)
+    return DATASETS.get(name, "data.dataset.name").fn(params, seed, num_clients)
 
 
-def require_file(path: Any, field: str, what: str) -> None:
-    import os
-
-    if not os.path.exists(path):
-        raise ConfigError(field, str(path), f"missing {what}")

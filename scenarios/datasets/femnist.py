@@ -37,7 +37,7 @@ def _read_split(folder: Path, writer_ids: dict[str, int]) -> tuple[np.ndarray, n
             raise ConfigError("data.dataset.root", str(folder), f"malformed LEAF file {path.name}: {exc}") from None
     if not xs:
         raise ConfigError("data.dataset.root", str(folder.parent),
-                          f"no FEMNIST LEAF files; put LEAF's train/*.json and test/*.json under it")
+                          "no FEMNIST LEAF files; put LEAF's train/*.json and test/*.json under it")
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(gs)
 
 
