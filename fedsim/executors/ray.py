@@ -48,9 +48,7 @@ class _Worker:
     def ready(self) -> int:
         return os.getpid()
 
-    def run(self, content_ref: list[Any], node_id: int, node_config: dict[str, Any], state: RecordDict,
-            metadata: Any) -> TaskResult:
-        ref = content_ref[0]
+    def _content(self, ref: Any) -> RecordDict:
         key = ref.hex()
         content = self._cache.get(key)
         if content is None:
@@ -58,8 +56,16 @@ class _Worker:
             if len(self._cache) >= 2:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = content
-        message = Message(content=copy_content(content), metadata=metadata)
-        return execute(self._app, Task(node_id, node_config, state, message), self._run_id, self._run_config)
+        return content
+
+    def run(self, refs: list[Any], items: list[tuple[int, int, dict[str, Any], RecordDict, Any]]) -> list[TaskResult]:
+        """Run a chunk of calls; ``refs`` (wrapped in a list, so Ray does not resolve them)
+        holds the distinct contents, each item ``(ref index, node id, node_config, state, metadata)``."""
+        out = []
+        for ref_i, node_id, node_config, state, metadata in items:
+            message = Message(content=copy_content(self._content(refs[ref_i])), metadata=metadata)
+            out.append(execute(self._app, Task(node_id, node_config, state, message), self._run_id, self._run_config))
+        return out
 
 
 class RayExecutor:
@@ -145,26 +151,35 @@ class RayExecutor:
         if not self._actors:
             raise RuntimeError("RayExecutor.start() first")
         self._wait_ready()
-        # One object-store put per distinct content (the global model is shared).
-        refs: dict[int, Any] = {}
+        # One object-store put per distinct content (the global model is shared by all).
+        ref_index: dict[int, int] = {}
+        refs: list[Any] = []
         for t in tasks:
-            cid = id(t.message.content)
-            if cid not in refs:
-                refs[cid] = ray.put(t.message.content)
+            if id(t.message.content) not in ref_index:
+                ref_index[id(t.message.content)] = len(refs)
+                refs.append(ray.put(t.message.content))
         results: list[TaskResult | None] = [None] * len(tasks)
         attempts = [0] * len(tasks)
-        queue: deque[int] = deque(range(len(tasks)))
-        inflight: dict[Any, tuple[int, int, float]] = {}  # ref -> (task index, actor slot, start)
+        # Calls go in chunks (fewer Ray round trips for small clients), about two per actor
+        # so the pool stays balanced; retried calls and timed calls go alone, so a failure
+        # is charged to its own client only.
+        size = 1 if self.client_timeout > 0 else max(1, -(-len(tasks) // (2 * len(self._actors))))
+        queue: deque[list[int]] = deque(list(range(i, min(i + size, len(tasks)))) for i in range(0, len(tasks), size))
+        inflight: dict[Any, tuple[list[int], int, float]] = {}  # ref -> (task indices, actor slot, start)
         load = [0] * len(self._actors)
 
-        def submit(i: int, slot: int) -> None:
-            t = tasks[i]
-            ref = self._actors[slot].run.remote([refs[id(t.message.content)]], t.node_id, t.node_config,
-                                                t.state, t.message.metadata)
-            inflight[ref] = (i, slot, time.monotonic())
+        def submit(chunk: list[int], slot: int) -> None:
+            items = [(ref_index[id(tasks[i].message.content)], tasks[i].node_id, tasks[i].node_config,
+                      tasks[i].state, tasks[i].message.metadata) for i in chunk]
+            ref = self._actors[slot].run.remote(refs, items)
+            inflight[ref] = (chunk, slot, time.monotonic())
             load[slot] += 1
 
-        def replace(slot: int, reason: str) -> None:
+        def fail(i: int, code: int, reason: str) -> None:
+            results[i] = TaskResult(reply=error_reply(tasks[i].message, code, reason), state=tasks[i].state,
+                                    seconds=0.0)
+
+        def replace(slot: int) -> None:
             try:
                 ray.kill(self._actors[slot], no_restart=True)
             except Exception:  # noqa: BLE001
@@ -172,11 +187,11 @@ class RayExecutor:
             self._actors[slot] = self._new_actor()
             self.actors_replaced += 1
             # Other calls queued on the dead actor were not at fault: run them again.
-            for ref, (j, s, _) in list(inflight.items()):
+            for ref, (chunk, s, _) in list(inflight.items()):
                 if s == slot:
                     del inflight[ref]
                     load[slot] -= 1
-                    queue.appendleft(j)
+                    queue.appendleft(chunk)
 
         while queue or inflight:
             for slot in sorted(range(len(self._actors)), key=lambda s: load[s]):
@@ -187,37 +202,32 @@ class RayExecutor:
                 oldest = min(start for _, _, start in inflight.values())
                 wait_s = max(0.0, oldest + self.client_timeout - time.monotonic())
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=wait_s)
-            if not ready:  # the oldest call ran out of time
-                ref, (i, slot, _) = min(inflight.items(), key=lambda kv: kv[1][2])
+            if not ready:  # the oldest call ran out of time (timed calls run alone)
+                ref, (chunk, slot, _) = min(inflight.items(), key=lambda kv: kv[1][2])
                 del inflight[ref]
                 load[slot] -= 1
-                results[i] = TaskResult(
-                    reply=error_reply(tasks[i].message, ErrorCode.CLIENT_APP_CRASHED,
-                                      f"ClientApp exceeded ray.client_timeout ({self.client_timeout:g} s)"),
-                    state=tasks[i].state, seconds=self.client_timeout)
-                replace(slot, "timeout")
+                fail(chunk[0], ErrorCode.CLIENT_APP_CRASHED,
+                     f"ClientApp exceeded ray.client_timeout ({self.client_timeout:g} s)")
+                replace(slot)
                 continue
             ref = ready[0]
-            i, slot, _ = inflight.pop(ref)
+            chunk, slot, _ = inflight.pop(ref)
             load[slot] -= 1
             try:
-                results[i] = ray.get(ref)
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError,
-                    ray.exceptions.WorkerCrashedError) as exc:
-                attempts[i] += 1
-                replace(slot, "died")
-                if attempts[i] <= self.max_retries:
-                    queue.appendleft(i)
-                else:
-                    results[i] = TaskResult(
-                        reply=error_reply(tasks[i].message, ErrorCode.CLIENT_APP_CRASHED,
-                                          f"Ray actor died running this client {attempts[i]} time(s): "
-                                          f"{type(exc).__name__}"),
-                        state=tasks[i].state, seconds=0.0)
+                for i, res in zip(chunk, ray.get(ref)):
+                    results[i] = res
+            except ray.exceptions.RayActorError as exc:
+                replace(slot)
+                for i in reversed(chunk):
+                    attempts[i] += 1
+                    if attempts[i] <= self.max_retries:
+                        queue.appendleft([i])
+                    else:
+                        fail(i, ErrorCode.CLIENT_APP_CRASHED,
+                             f"Ray actor died running this client {attempts[i]} time(s): {type(exc).__name__}")
             except ray.exceptions.RayError as exc:
-                results[i] = TaskResult(
-                    reply=error_reply(tasks[i].message, ErrorCode.CLIENT_APP_CRASHED,
-                                      f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"),
-                    state=tasks[i].state, seconds=0.0)
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                for i in chunk:
+                    fail(i, ErrorCode.CLIENT_APP_CRASHED, f"{type(exc).__name__}: {first}")
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
