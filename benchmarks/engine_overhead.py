@@ -248,31 +248,16 @@ def report(names: list[str], results: dict[str, list[dict]], repeats: int) -> No
         lx = f"{loop_s / base['loop_s']:.2f}" if base else "-"
         rx = f"{run_s / base['run_s']:.2f}" if base else "-"
         px = f"{proc_s / base['process_s']:.2f}" if base else "-"
-        accs = sorted(r["accuracy"] for r in rs)
-        print(f"{name:16s} {loop_s:7.2f} {lx:>8s} {run_s:7.2f} {rx:>8s} {proc_s:10.2f} {px:>8s} {max(r['peak_rss_mb'] for r in rs):12.0f} "
-              f"{max(r['peak_pss_mb'] for r in rs):12.0f} {statistics_median(accs):10.4f}")
-    if {"ray", "flower"} <= set(results):
-        ray_run, fl_run = median_of(results["ray"], "run_s"), median_of(results["flower"], "run_s")
-        ray_p, fl_p = median_of(results["ray"], "process_s"), median_of(results["flower"], "process_s")
-        ray_l, fl_l = median_of(results["ray"], "loop_s"), median_of(results["flower"], "loop_s")
-        print(f"\nflower / fedsim-ray: {fl_l / ray_l:.2f}x (round loop), {fl_run / ray_run:.2f}x (run), "
-              f"{fl_p / ray_p:.2f}x (process)  [target >= 3x end to end]")
-    if {"ray-warm", "flower-warm"} <= set(results):
-        w_r, w_f = median_of(results["ray-warm"], "run_s"), median_of(results["flower-warm"], "run_s")
-        w_rp, w_fp = median_of(results["ray-warm"], "process_s"), median_of(results["flower-warm"], "process_s")
-        w_rl, w_fl = median_of(results["ray-warm"], "loop_s"), median_of(results["flower-warm"], "loop_s")
-        print(f"flower-warm / fedsim-ray-warm: {w_fl / w_rl:.2f}x (round loop), {w_f / w_r:.2f}x (run), "
-              f"{w_fp / w_rp:.2f}x (process)")
-    if base and "serial" in results:
-        print(f"fedsim-serial / plain: {median_of(results['serial'], 'loop_s') / base['loop_s']:.2f}x (round loop), "
-              f"{median_of(results['serial'], 'run_s') / base['run_s']:.2f}x (run), "
-              f"{median_of(results['serial'], 'process_s') / base['process_s']:.2f}x (process)  [target <= 1.3x]")
-
-
-def statistics_median(values: list[float]) -> float:
-    import statistics
-
-    return statistics.median(values)
+        print(f"{name:16s} {loop_s:7.2f} {lx:>8s} {run_s:7.2f} {rx:>8s} {proc_s:10.2f} {px:>8s} "
+              f"{max(r['peak_rss_mb'] for r in rs):12.0f} {max(r['peak_pss_mb'] for r in rs):12.0f} "
+              f"{median_of(rs, 'accuracy'):10.4f}")
+    print()
+    for num, den, target in (("flower", "ray", "  [target >= 3x end to end]"), ("flower-warm", "ray-warm", ""),
+                             ("serial", "plain", "  [target <= 1.3x]")):
+        if {num, den} <= set(results):
+            ratios = ", ".join(f"{median_of(results[num], k) / median_of(results[den], k):.2f}x ({label})"
+                               for k, label in (("loop_s", "round loop"), ("run_s", "run"), ("process_s", "process")))
+            print(f"{num} / {den}: {ratios}{target}")
 
 
 if __name__ == "__main__":
