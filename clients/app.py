@@ -68,15 +68,29 @@ def _round(msg: Message, config: ConfigRecord) -> int:
 
 def _settings(cfg: Config, config: ConfigRecord) -> trainer.TrainSettings:
     c = cfg.client
+    batch_size = int(config.get(keys.BATCH_SIZE, c.batch_size))
     return trainer.TrainSettings(
         epochs=int(config.get(keys.LOCAL_EPOCHS, c.local_epochs)),
         steps=int(config.get(keys.LOCAL_STEPS, c.local_steps)),
-        batch_size=int(config.get(keys.BATCH_SIZE, c.batch_size)),
+        batch_size=batch_size,
         lr=float(config.get(keys.LR, c.lr)),
         momentum=c.momentum,
         weight_decay=c.weight_decay,
         proximal_mu=float(config.get(keys.PROXIMAL_MU, 0.0)),
+        max_steps=steps_within_budget(config, batch_size),
     )
+
+
+def steps_within_budget(config: ConfigRecord, batch_size: int) -> int:
+    """Partial work: the SGD steps that fit the time budget the grid gave (0 = no limit).
+
+    At least one step is taken; a client that cannot fit even one is late, and the
+    round policy drops it.
+    """
+    budget, spp = config.get(keys.TIME_BUDGET), config.get(keys.SECONDS_PER_SAMPLE)
+    if not isinstance(budget, (int, float)) or not isinstance(spp, (int, float)) or spp <= 0:
+        return 0
+    return max(1, int(budget / spp) // batch_size)
 
 
 def _load(model: nn.Module, arrays: ArrayRecord) -> None:
@@ -99,6 +113,7 @@ def train(msg: Message, context: Context) -> Message:
         keys.NUM_EXAMPLES: len(x),
         keys.TRAIN_LOSS: outcome.loss,
         keys.STEPS: outcome.steps,
+        keys.EXAMPLES_SEEN: outcome.examples_seen,
     })
     content = RecordDict({akey: ArrayRecord(rt.model.state_dict()), keys.METRICS: metrics})
     return Message(content, reply_to=msg)

@@ -19,11 +19,13 @@ class TrainSettings:
     momentum: float = 0.0
     weight_decay: float = 0.0
     proximal_mu: float = 0.0  # FedProx: adds (mu/2)*||w - w_global||^2
+    max_steps: int = 0  # > 0: stop after this many steps (partial work within a time budget)
 
     def total_steps(self, n: int) -> int:
         if n == 0:
             return 0
-        return self.steps if self.steps > 0 else self.epochs * math.ceil(n / self.batch_size)
+        total = self.steps if self.steps > 0 else self.epochs * math.ceil(n / self.batch_size)
+        return min(total, self.max_steps) if self.max_steps > 0 else total
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.errors import ConfigError
+from fedsim.policies import RoundSection
 from fedsim.schema import Named, named, option, parse, to_plain
+from scenarios.devices import DevicesSection
+from scenarios.network import NetworkSection
 
 __all__ = ["Config", "Named", "load_config", "from_dict", "apply_overrides"]
 
@@ -101,6 +104,9 @@ class Config:
     data: DataSection = dataclasses.field(default=None)  # type: ignore[assignment]
     client: ClientSection = ClientSection()
     server: ServerSection = ServerSection()
+    devices: DevicesSection = DevicesSection()
+    network: NetworkSection = NetworkSection()
+    round: RoundSection = RoundSection()
     executor: ExecutorSection = ExecutorSection()
     ray: RaySection = RaySection()
     report: ReportSection = ReportSection()

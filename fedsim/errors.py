@@ -31,4 +31,4 @@ def _show(value: Any) -> str:
         return "<missing>"
     text = repr(value)
     text = " ".join(text.split())
-    return text if len(text) <= 80 else text[:77] + "..."
+    return text if len(text) <= 200 else text[:197] + "..."

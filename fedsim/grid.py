@@ -25,7 +25,10 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedsim import keys, seeding
+from fedsim.clock import VirtualClock
 from fedsim.executors.base import Executor, Task, TaskResult, error_reply
+from fedsim.policies import select
+from fedsim.system import DROPOUT, MODEL_LOST, OK, REPLY_LOST, UNAVAILABLE, Dispatch, SystemModel, overcommit_nodes
 
 #: Node ids are ``NODE_ID_OFFSET + partition id``.
 NODE_ID_OFFSET = 1_000_000
@@ -47,17 +50,30 @@ class Failure:
 
 @dataclasses.dataclass(frozen=True)
 class Exchange:
-    """What one batch of messages did: counts, bytes, failures and reply metrics."""
+    """What one batch of messages did: counts, bytes, failures, virtual time and reply metrics."""
 
     phase: str  # message type: "train", "evaluate", ...
     round: int
-    sampled: int
-    replied: int
+    sampled: int  # messages the strategy sent
+    replied: int  # replies returned to the strategy without an error
     failures: tuple[Failure, ...]
     bytes_down: int
     bytes_up: int
-    client_seconds: float
+    client_seconds: float  # wall seconds inside ClientApps
     replies: tuple[Message, ...] = dataclasses.field(repr=False)
+    virtual_start: float = 0.0
+    virtual_seconds: float = 0.0  # how long the server waited
+    stragglers: int = 0  # replies that arrived after the deadline / past the first K
+    dropouts: int = 0
+    unavailable: int = 0
+    model_lost: int = 0  # clients whose model download was lost for good (they did not train)
+    reply_lost: int = 0  # replies lost for good on the uplink
+    corrupted: int = 0  # replies excluded for damage in transit (lost spans, bit errors)
+    retransmissions: int = 0
+    packets_lost: int = 0  # packet transmissions lost (recovered by retransmission or not)
+    packets_lost_for_good: int = 0
+    bit_flips: int = 0
+    over_selected: int = 0  # extra clients sampled by the over_select policy
 
 
 def array_bytes(content: RecordDict) -> int:
@@ -95,10 +111,12 @@ class SimulationGrid(Grid):
     """A Flower Grid over ``num_nodes`` simulated clients run by ``executor``."""
 
     def __init__(self, num_nodes: int, executor: Executor, *, seed: int = 0, run_id: int | None = None,
-                 observer: Callable[[Exchange], None] | None = None) -> None:
+                 observer: Callable[[Exchange], None] | None = None, system: SystemModel | None = None) -> None:
         if num_nodes < 1:
             raise ValueError("a grid needs at least one node")
         self.seed = seed
+        self.system = system if system is not None else SystemModel.default(num_nodes, seed)
+        self.clock = VirtualClock()
         self.executor = executor
         self.observer = observer
         self.num_nodes = num_nodes
@@ -165,10 +183,14 @@ class SimulationGrid(Grid):
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Replies for ``message_ids``; pending messages are delivered first (every reply
+        that arrives is kept, and the clock moves to the last arrival)."""
         ids = list(message_ids)
         todo = [i for i in ids if i in self._pending]
         if todo:
-            self._deliver(todo)
+            for phase, items in self._by_phase(todo).items():
+                for mid, reply in self._exchange(phase, items, timeout=None, synchronous=False):
+                    self._replies[mid] = reply
         out = []
         for i in ids:
             reply = self._replies.pop(i, None)
@@ -177,8 +199,18 @@ class SimulationGrid(Grid):
         return out
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Send, then return the replies the round policy keeps, in send order.
+
+        ``timeout`` is a deadline in virtual seconds under the ``deadline`` and
+        ``partial_work`` policies; the clock advances by how long the server waits.
+        """
         ids = list(self.push_messages(messages))
-        return list(self.pull_messages(ids))
+        out: list[Message] = []
+        for phase, items in self._by_phase([i for i in ids if i in self._pending]).items():
+            out.extend(reply for _, reply in self._exchange(phase, items, timeout=timeout, synchronous=True))
+        order = {mid: k for k, mid in enumerate(ids)}
+        out.sort(key=lambda r: order.get(r.metadata.reply_to_message_id, len(order)))
+        return out
 
     # ----------------------------------------------------------------- internals
     def partition_id(self, node_id: int) -> int:
@@ -187,59 +219,133 @@ class SimulationGrid(Grid):
     def node_state(self, node_id: int) -> RecordDict:
         return self._states.setdefault(node_id, RecordDict())
 
-    def _deliver(self, ids: Sequence[str]) -> None:
-        messages = [self._pending.pop(i) for i in ids]
-        # Group by message type so each exchange is one phase (train / evaluate / ...).
+    def _by_phase(self, ids: Sequence[str]) -> dict[str, list[tuple[str, Message]]]:
+        """Pending messages grouped by message type, so each exchange is one phase."""
         by_phase: dict[str, list[tuple[str, Message]]] = {}
-        for mid, msg in zip(ids, messages):
+        for mid in ids:
+            msg = self._pending.pop(mid)
             by_phase.setdefault(msg.metadata.message_type, []).append((mid, msg))
-        for phase, items in by_phase.items():
-            self._deliver_phase(phase, items)
+        return by_phase
 
-    def _deliver_phase(self, phase: str, items: list[tuple[str, Message]]) -> None:
+    def _exchange(self, phase: str, items: list[tuple[str, Message]], timeout: float | None,
+                  synchronous: bool) -> list[tuple[str, Message]]:
+        """Deliver one phase's messages through the simulated system; return the kept replies."""
         rnd = next((r for _, m in items if (r := message_round(m)) is not None), None)
         if rnd is None:
             rnd = self._last_round + (1 if phase.startswith("train") else 0)
         self._last_round = rnd
-        tasks: list[Task] = []
-        task_ids: list[str] = []
+        system = self.system
+        policy = system.rounds.policy if synchronous else "wait_all"
+        deadline = timeout if (synchronous and system.rounds.uses_deadline) else None
+        start = self.clock.now
+        n_asked = len(items)
+        items = list(items)
+        extra = 0
+        if policy == "over_select" and phase.startswith("train") and items:
+            chosen = [m.metadata.dst_node_id for _, m in items]
+            more = overcommit_nodes(self.seed, self._exchanges, chosen, self._node_ids,
+                                    math.ceil(len(items) * system.rounds.over_select))
+            template = items[0][1]
+            for node in more:
+                msg = Message(template.content, node, template.metadata.message_type,
+                              group_id=template.metadata.group_id or None)
+                self._seq += 1
+                mid = f"{self._run.run_id:x}-{self._seq:08d}"
+                msg.metadata.__dict__["_message_id"] = mid
+                items.append((mid, msg))
+            extra = len(more)
+
+        arrivals = [math.inf] * len(items)
+        replies: list[Message | None] = [None] * len(items)
+        counts: dict[str, int] = {}
         failures: list[Failure] = []
-        bytes_down = 0
-        for mid, msg in items:
+        tasks: list[Task] = []
+        task_slots: list[int] = []
+        dispatches: list[Dispatch] = []
+        purposes: list[str] = []
+        bytes_down = bytes_up = 0
+        occurrence: dict[int, int] = {}
+        for slot, (mid, msg) in enumerate(items):
             dst = msg.metadata.dst_node_id
             if not (NODE_ID_OFFSET <= dst < NODE_ID_OFFSET + self.num_nodes):
-                self._replies[mid] = error_reply(msg, ErrorCode.NODE_UNAVAILABLE, f"no node with id {dst}")
-                failures.append(Failure(rnd, phase, -1, dst, f"no node with id {dst}"))
+                replies[slot] = error_reply(msg, ErrorCode.NODE_UNAVAILABLE, f"no node with id {dst}")
+                arrivals[slot] = 0.0
                 continue
-            bytes_down += array_bytes(msg.content)
-            pid = self.partition_id(dst)
-            node_config = {keys.PARTITION_ID: pid, keys.NUM_PARTITIONS: self.num_nodes}
-            tasks.append(Task(node_id=dst, node_config=node_config, state=self.node_state(dst), message=msg))
-            task_ids.append(mid)
+            cid = self.partition_id(dst)
+            k = occurrence[dst] = occurrence.get(dst, -1) + 1
+            purpose = f"{phase}-{k}" if k else phase
+            down_bytes = array_bytes(msg.content)
+            d = system.dispatch(cid, rnd, phase, start, down_bytes, purpose, deadline)
+            if d.down is not None:
+                bytes_down += down_bytes
+                _add(counts, "retransmissions", d.down.retransmissions)
+                _add(counts, "packets_lost", d.down.lost_events)
+                _add(counts, "packets_lost_for_good", len(d.down.lost))
+            if d.status != OK:
+                _add(counts, d.status, 1)
+                continue
+            extra_config = None
+            if d.budget is not None:
+                extra_config = {keys.TIME_BUDGET: d.budget, keys.SECONDS_PER_SAMPLE: d.seconds_per_sample}
+            node_config = {keys.PARTITION_ID: cid, keys.NUM_PARTITIONS: self.num_nodes}
+            tasks.append(Task(node_id=dst, node_config=node_config, state=self.node_state(dst), message=msg,
+                              extra_config=extra_config))
+            task_slots.append(slot)
+            dispatches.append(d)
+            purposes.append(purpose)
         results = self._run_in_waves(tasks)
-        bytes_up = 0
         seconds = 0.0
-        replies = []
-        for mid, task, res in zip(task_ids, tasks, results):
-            reply = res.reply
+        for slot, task, d, purpose, res in zip(task_slots, tasks, dispatches, purposes, results):
             seconds += res.seconds
-            pid = self.partition_id(task.node_id)
+            cid = self.partition_id(task.node_id)
+            reply = res.reply
+            bytes_up += _payload_bytes(reply)
             if reply.has_content():
-                bytes_up += array_bytes(reply.content)
                 bad = non_finite(reply.content)
                 if bad is not None:
                     reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                                         f"reply excluded: non-finite values in {bad}")
-            if reply.has_error():
-                failures.append(Failure(rnd, phase, pid, task.node_id, reply.error.reason or f"code {reply.error.code}"))
-            self._replies[mid] = reply
-            replies.append(reply)
-        if self.observer is not None:
-            self.observer(Exchange(phase=phase, round=rnd, sampled=len(items),
-                                   replied=sum(1 for r in replies if not r.has_error()),
-                                   failures=tuple(failures), bytes_down=bytes_down, bytes_up=bytes_up,
-                                   client_seconds=seconds, replies=tuple(replies)))
+            a = system.arrive(cid, rnd, purpose, task.message, reply, d)
+            if a.up is not None:
+                _add(counts, "retransmissions", a.up.retransmissions)
+                _add(counts, "packets_lost", a.up.lost_events)
+                _add(counts, "packets_lost_for_good", len(a.up.lost))
+            _add(counts, "bit_flips", a.bit_flips)
+            if a.status == REPLY_LOST:
+                _add(counts, REPLY_LOST, 1)
+                continue
+            reply = a.reply
+            if a.status == OK and reply is not None and reply.has_content() and a.bit_flips:
+                bad = non_finite(reply.content)
+                if bad is not None:
+                    a.reason = f"reply excluded: corrupted in transit ({a.bit_flips} bit flips; non-finite {bad})"
+                    reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, a.reason)
+            if a.reason:
+                _add(counts, "corrupted", 1)
+            replies[slot] = reply
+            arrivals[slot] = a.arrival
 
+        sel = select(policy, arrivals, deadline, keep=n_asked if extra else None)
+        self.clock.advance(sel.wait)
+        kept = [(items[i][0], replies[i]) for i in sel.kept if replies[i] is not None]
+        for i in sel.kept:
+            reply = replies[i]
+            if reply is not None and reply.has_error():
+                dst = items[i][1].metadata.dst_node_id
+                failures.append(Failure(rnd, phase, self.partition_id(dst) if dst >= NODE_ID_OFFSET else -1, dst,
+                                        reply.error.reason or f"code {reply.error.code}"))
+        if self.observer is not None:
+            kept_replies = tuple(r for _, r in kept)
+            self.observer(Exchange(
+                phase=phase, round=rnd, sampled=n_asked, replied=sum(1 for r in kept_replies if not r.has_error()),
+                failures=tuple(failures), bytes_down=bytes_down, bytes_up=bytes_up, client_seconds=seconds,
+                replies=kept_replies, virtual_start=start, virtual_seconds=sel.wait, stragglers=len(sel.late),
+                dropouts=counts.get(DROPOUT, 0), unavailable=counts.get(UNAVAILABLE, 0),
+                model_lost=counts.get(MODEL_LOST, 0), reply_lost=counts.get(REPLY_LOST, 0),
+                corrupted=counts.get("corrupted", 0), retransmissions=counts.get("retransmissions", 0),
+                packets_lost=counts.get("packets_lost", 0), packets_lost_for_good=counts.get("packets_lost_for_good", 0),
+                bit_flips=counts.get("bit_flips", 0), over_selected=extra))
+        return kept
 
     def _run_in_waves(self, tasks: list[Task]) -> list[TaskResult]:
         """Run tasks; several messages for one node run one after another, as on a SuperNode.
@@ -264,6 +370,15 @@ class SimulationGrid(Grid):
                 self._states[tasks[i].node_id] = res.state
                 results[i] = res
         return results  # type: ignore[return-value]
+
+
+def _add(counts: dict[str, int], key: str, n: int) -> None:
+    if n:
+        counts[key] = counts.get(key, 0) + n
+
+
+def _payload_bytes(reply: Message) -> int:
+    return array_bytes(reply.content) if reply.has_content() else 0
 
 
 def weighted_metric(replies: Sequence[Message], names: Sequence[str]) -> float | None:

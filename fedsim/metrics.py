@@ -7,10 +7,15 @@ from collections.abc import Callable
 from typing import Any
 
 from fedsim import keys
+from fedsim.clock import VirtualClock
 from fedsim.grid import Exchange, weighted_metric
 
 #: Record fields that hold wall-clock measurements (everything else is deterministic).
 WALL_FIELDS = ("wall_round_s", "wall_total_s", "wall_client_s")
+
+#: Per-round sums of the simulated system's events (see `fedsim.grid.Exchange`).
+SYSTEM_COUNTS = ("stragglers", "dropouts", "unavailable", "model_lost", "reply_lost", "corrupted",
+                 "retransmissions", "packets_lost", "packets_lost_for_good", "bit_flips", "over_selected")
 
 
 class Recorder:
@@ -28,6 +33,8 @@ class Recorder:
         self._open: list[Exchange] = []
         self._t0 = time.perf_counter()
         self._t_last = self._t0
+        self.clock: VirtualClock | None = None  # the grid's, for the cumulative virtual time
+        self._v_last = 0.0
 
     def on_exchange(self, exchange: Exchange) -> None:
         if self.auto_close and self._open and exchange.round > self._open[-1].round:
@@ -39,6 +46,7 @@ class Recorder:
         train = [e for e in exs if e.phase.startswith("train")]
         evals = [e for e in exs if e.phase.startswith("evaluate")]
         now = time.perf_counter()
+        vnow = self.clock.now if self.clock is not None else sum(e.virtual_seconds for e in exs) + self._v_last
         train_replies = [r for e in train for r in e.replies]
         eval_replies = [r for e in evals for r in e.replies]
         record: dict[str, Any] = {
@@ -60,11 +68,15 @@ class Recorder:
                 {"partition_id": f.partition_id, "node_id": f.node_id, "phase": f.phase, "reason": f.reason}
                 for e in exs for f in e.failures
             ],
+            "virtual_round_s": (vnow - self._v_last),
+            "virtual_time_s": vnow,
+            **{key: sum(getattr(e, key) for e in exs) for key in SYSTEM_COUNTS},
             "wall_round_s": now - self._t_last,
             "wall_total_s": now - self._t0,
             "wall_client_s": sum(e.client_seconds for e in exs),
         }
         self._t_last = now
+        self._v_last = vnow
         self.records.append(record)
         if self.on_record is not None:
             self.on_record(record)

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from fedsim.metrics import SYSTEM_COUNTS
+
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.toml"
@@ -23,6 +25,13 @@ def _clean(value: Any) -> Any:
         return {k: _clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
+    return value
+
+
+def _drop_none(value: Any) -> Any:
+    """TOML has no null: an unset optional key is simply left out."""
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
     return value
 
 
@@ -51,7 +60,7 @@ class RunWriter:
         import tomli_w
 
         path = self.out / CONFIG
-        _atomic_write(path, tomli_w.dumps(plain))
+        _atomic_write(path, tomli_w.dumps(_drop_none(plain)))
         return path
 
     def append(self, record: dict[str, Any]) -> None:
@@ -86,6 +95,8 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "bytes_down": sum(r["bytes_down"] for r in records),
         "bytes_up": sum(r["bytes_up"] for r in records),
         "client_failures": sum(len(r["failures"]) for r in records),
+        "virtual_time_s": last.get("virtual_time_s", 0.0),
+        **{key: sum(r.get(key, 0) for r in records) for key in SYSTEM_COUNTS},
         "wall_total_s": last.get("wall_total_s"),
     }
 
@@ -124,6 +135,54 @@ def plot_curves(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
         fig.savefig(path, dpi=100)
         plt.close(fig)
         paths.append(path)
+    return paths
+
+
+def plot_system(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
+    """Accuracy vs virtual time, and each round's virtual duration with its straggler counts."""
+    if not any(r.get("virtual_time_s") for r in records):
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("central_acc", "centralized"), ("fed_acc", "federated")):
+        pts = [(r["virtual_time_s"], r[key]) for r in records if r.get(key) is not None]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 60 else None, label=label)
+    ax.set_xlabel("virtual time (s)")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    fig.tight_layout()
+    paths.append(out / "accuracy_vs_time.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+
+    rounds = [r["round"] for r in records if r["round"] > 0]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(rounds, [r["virtual_round_s"] for r in records if r["round"] > 0], color="tab:gray", alpha=0.6,
+           label="round duration")
+    ax.set_xlabel("round")
+    ax.set_ylabel("virtual seconds")
+    ax2 = ax.twinx()
+    for key, color in (("stragglers", "tab:red"), ("dropouts", "tab:orange"), ("unavailable", "tab:blue"),
+                       ("reply_lost", "tab:purple"), ("model_lost", "tab:brown")):
+        ys = [r.get(key, 0) for r in records if r["round"] > 0]
+        if any(ys):
+            ax2.plot(rounds, ys, color=color, marker="." if len(rounds) < 60 else None, label=key)
+    ax2.set_ylabel("clients")
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    labels = ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
+    ax.legend(handles, labels, fontsize=8, loc="upper right")
+    fig.tight_layout()
+    paths.append(out / "round_time.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
     return paths
 
 

@@ -24,6 +24,7 @@ from fedsim.executors import AppRef, make_executor
 from fedsim.grid import SimulationGrid
 from fedsim.metrics import Recorder
 from fedsim.progress import RoundProgress
+from fedsim.system import SystemModel
 from scenarios.federation import federated_data
 from strategies.registry import build_strategy
 
@@ -122,7 +123,9 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
 
         recorder = Recorder(on_record=on_record)
         executor = make_executor(cfg.executor.name, **_executor_kwargs(cfg))
-        grid = SimulationGrid(cfg.data.num_clients, executor, seed=seed, observer=recorder.on_exchange)
+        system = SystemModel(cfg.devices, cfg.network, cfg.round, cfg.data.num_clients, seed)
+        grid = SimulationGrid(cfg.data.num_clients, executor, seed=seed, observer=recorder.on_exchange, system=system)
+        recorder.clock = grid.clock
         executor.start(app_ref, grid.run.run_id, run_config)
 
         def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -139,8 +142,10 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
         try:
             with progress:
                 seeding.seed_python_random(seed, 0, "start")
+                # Under the deadline policies the timeout is the round's virtual deadline.
+                timeout = cfg.round.deadline if cfg.round.deadline is not None else cfg.server.timeout
                 result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.run.rounds,
-                                        timeout=cfg.server.timeout, evaluate_fn=evaluate_fn)
+                                        timeout=timeout, evaluate_fn=evaluate_fn)
         finally:
             executor.shutdown()
         recorder.flush()  # a strategy with its own start() may not call evaluate_fn every round
@@ -152,7 +157,7 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
         paths["metrics"] = writer.metrics_path
         paths["summary"] = writer.write_summary(summary)
         if cfg.report.plots:
-            for p in report.plot_curves(recorder.records, out):
+            for p in report.plot_curves(recorder.records, out) + report.plot_system(recorder.records, out):
                 paths[p.stem] = p
             paths["label_distribution"] = report.plot_label_distribution(data.label_counts(), out)
     final_arrays = result.arrays if result.arrays is not None else initial

@@ -48,12 +48,13 @@ def named(kind: str, resolver: str, default: Any = dataclasses.MISSING) -> Any:
     """A field holding a registry choice, written as ``"name"`` or ``{name = ..., param = ...}``.
 
     ``resolver`` is ``"module:function"``; the function takes ``(name, params, path)`` and
-    returns the validated parameters (it is imported lazily, when parsing).
+    returns the validated parameters (it is imported lazily, when parsing). ``default``
+    is a name or an already resolved `Named`.
     """
     return dataclasses.field(default=default, metadata={"named": kind, "resolver": resolver})
 
 
-def _parse_named(path: str, value: Any, meta: Mapping[str, Any]) -> Named:
+def _parse_named(path: str, value: Any, meta: Mapping[str, Any], default: Any = dataclasses.MISSING) -> Named:
     import importlib
 
     kind = meta["named"]
@@ -65,6 +66,8 @@ def _parse_named(path: str, value: Any, meta: Mapping[str, Any]) -> Named:
         raise ConfigError(path, value, f'must be a {kind} name or a table with "name"')
     raw = dict(value)
     name = raw.pop("name", MISSING)
+    if name is MISSING and isinstance(default, (Named, str)):
+        name = default.name if isinstance(default, Named) else default  # `x.value = 3` keeps the default's kind
     if name is MISSING:
         raise ConfigError(f"{path}.name", MISSING, f"required: the {kind} to use")
     if not isinstance(name, str):
@@ -185,7 +188,7 @@ def parse(cls: type[T], data: Any, path: str) -> T:
         fpath = f"{path}.{name}" if path else name
         if f.metadata.get("named"):
             if name in data:
-                values[name] = _parse_named(fpath, data[name], f.metadata)
+                values[name] = _parse_named(fpath, data[name], f.metadata, f.default)
             elif f.default is not dataclasses.MISSING:
                 values[name] = _parse_named(fpath, f.default, f.metadata)
             else:

@@ -92,3 +92,20 @@ def test_quickstart_reaches_085_on_ray(tmp_path: Path) -> None:
     res = fedsim.run("scenarios/presets/quickstart.toml", out_dir=tmp_path / "qs",
                      overrides=["report.progress=false", "executor.name=ray", "ray.num_actors=2"])
     assert res.summary["final_central_acc"] >= 0.85
+
+
+def test_identical_clocks_and_system_events_on_serial_and_ray() -> None:
+    cfg = tiny_config(run={"rounds": 3, "seed": 5},
+                      devices={"seconds_per_sample": 0.01, "speed": {"name": "lognormal", "sigma": 1.0},
+                               "availability": 0.8, "dropout": 0.1, "jitter": 0.2},
+                      network={"up_mbps": {"name": "tiers", "values": [1.0, 10.0], "probs": [0.5, 0.5]},
+                               "latency_s": {"name": "constant", "value": 0.05},
+                               "loss": {"name": "gilbert_elliott", "p_gb": 0.05, "p_bg": 0.5}, "max_retries": 1},
+                      round={"policy": "deadline", "deadline": 1.0},
+                      strategy={"name": "fedavg", "fraction_train": 1.0, "fraction_evaluate": 0.5})
+    serial = fedsim.run(cfg, write=False)
+    ray_run = fedsim.run(cfg.replace(["executor.name=ray", "ray.num_actors=2"]), write=False)
+    assert [without_wall(r) for r in serial.history] == [without_wall(r) for r in ray_run.history]
+    assert serial.history[-1]["virtual_time_s"] > 0
+    events = {k: sum(r[k] for r in serial.history) for k in ("stragglers", "unavailable", "dropouts", "retransmissions")}
+    assert all(v > 0 for v in events.values()), events

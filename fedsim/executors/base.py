@@ -55,6 +55,7 @@ class Task:
     node_config: dict[str, Any]
     state: RecordDict
     message: Message
+    extra_config: dict[str, Any] | None = None  # merged into this client's copy of the train config
 
 
 @dataclasses.dataclass
@@ -72,18 +73,23 @@ class Executor(Protocol):
     def shutdown(self) -> None: ...
 
 
-def copy_content(content: RecordDict) -> RecordDict:
-    """A per-client copy of a message's records (arrays' bytes are shared, read-only)."""
+def copy_content(content: RecordDict, extra_config: Mapping[str, Any] | None = None) -> RecordDict:
+    """A per-client copy of a message's records (arrays' bytes are shared, read-only);
+    ``extra_config`` is added to the first ConfigRecord (one is made if there is none)."""
     out = RecordDict()
+    extra = dict(extra_config or {})
     for key, rec in content.items():
         if isinstance(rec, ArrayRecord):
             out[key] = ArrayRecord(dict(rec.items()), keep_input=True)
         elif isinstance(rec, ConfigRecord):
-            out[key] = ConfigRecord(dict(rec))
+            out[key] = ConfigRecord({**dict(rec), **extra})
+            extra = {}
         elif isinstance(rec, MetricRecord):
             out[key] = MetricRecord(dict(rec))
         else:
             out[key] = rec
+    if extra:
+        out["config" if "config" not in out else "fedsim-config"] = ConfigRecord(extra)
     return out
 
 

@@ -58,12 +58,12 @@ class _Worker:
             self._cache[key] = content
         return content
 
-    def run(self, refs: list[Any], items: list[tuple[int, int, dict[str, Any], RecordDict, Any]]) -> list[TaskResult]:
-        """Run a chunk of calls; ``refs`` (wrapped in a list, so Ray does not resolve them)
-        holds the distinct contents, each item ``(ref index, node id, node_config, state, metadata)``."""
+    def run(self, refs: list[Any], items: list[tuple[Any, ...]]) -> list[TaskResult]:
+        """Run a chunk of calls; ``refs`` (a list, so Ray does not resolve them) holds the
+        distinct contents, each item ``(ref index, node id, node_config, state, metadata, extra config)``."""
         out = []
-        for ref_i, node_id, node_config, state, metadata in items:
-            message = Message(content=copy_content(self._content(refs[ref_i])), metadata=metadata)
+        for ref_i, node_id, node_config, state, metadata, extra in items:
+            message = Message(content=copy_content(self._content(refs[ref_i]), extra), metadata=metadata)
             out.append(execute(self._app, Task(node_id, node_config, state, message), self._run_id, self._run_config))
         return out
 
@@ -170,7 +170,7 @@ class RayExecutor:
 
         def submit(chunk: list[int], slot: int) -> None:
             items = [(ref_index[id(tasks[i].message.content)], tasks[i].node_id, tasks[i].node_config,
-                      tasks[i].state, tasks[i].message.metadata) for i in chunk]
+                      tasks[i].state, tasks[i].message.metadata, tasks[i].extra_config) for i in chunk]
             ref = self._actors[slot].run.remote(refs, items)
             inflight[ref] = (chunk, slot, time.monotonic())
             load[slot] += 1

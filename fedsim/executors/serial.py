@@ -27,7 +27,7 @@ class SerialExecutor:
         out = []
         for task in tasks:
             task = Task(task.node_id, task.node_config, task.state,
-                        with_content(task.message, copy_content(task.message.content)))
+                        with_content(task.message, copy_content(task.message.content, task.extra_config)))
             out.append(execute(self._app, task, self._run_id, self._run_config))
         return out
 

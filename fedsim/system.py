@@ -1,0 +1,147 @@
+"""The simulated system around each message: device, links, payload damage, arrival time.
+
+For a message to client ``c`` sent at virtual time ``t``: is ``c`` online? does the
+model arrive (downlink transfer, possibly lost)? does ``c`` drop out? After the
+ClientApp ran: compute time = examples processed x seconds per sample (the reply's
+``examples-seen`` metric, else ``num-examples``), then the uplink transfer (lost
+packets, bit errors). Arrival = t + downlink + compute + uplink.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from flwr.app import Message, RecordDict
+from flwr.common.constant import ErrorCode
+
+from fedsim import keys, seeding
+from fedsim.executors.base import error_reply
+from fedsim.payload import fill_missing, flip_bits, implausible, missing_values
+from fedsim.policies import RoundSection
+from scenarios.devices import DeviceModel, DevicesSection
+from scenarios.network import LinkModel, NetworkSection, Transfer
+
+# Outcome statuses
+OK = "ok"
+ERROR = "error"  # the reply carries an Error (raised, non-finite, corrupted, incomplete)
+UNAVAILABLE = "unavailable"
+DROPOUT = "dropout"
+MODEL_LOST = "model_lost"  # downlink lost for good: the client never trained
+REPLY_LOST = "reply_lost"  # uplink lost for good and on_loss = "drop"
+
+
+@dataclasses.dataclass
+class Dispatch:
+    """The fate of one message before the ClientApp runs."""
+
+    status: str  # OK (run it) or UNAVAILABLE / DROPOUT / MODEL_LOST
+    down: Transfer | None
+    seconds_per_sample: float
+    budget: float | None = None  # partial_work: compute seconds the client may use
+
+
+@dataclasses.dataclass
+class Arrival:
+    status: str
+    reply: Message | None
+    arrival: float  # seconds after the send; inf = never
+    compute: float
+    up: Transfer | None
+    bit_flips: int = 0
+    reason: str = ""
+
+
+class SystemModel:
+    def __init__(self, devices: DevicesSection, network: NetworkSection, rounds: RoundSection, num_clients: int,
+                 seed: int) -> None:
+        self.devices = DeviceModel(devices, num_clients, seed)
+        self.links = LinkModel(network, num_clients, seed)
+        self.rounds = rounds
+        self.net = network
+        self.seed = seed
+
+    @classmethod
+    def default(cls, num_clients: int, seed: int) -> "SystemModel":
+        return cls(DevicesSection(), NetworkSection(), RoundSection(), num_clients, seed)
+
+    @property
+    def active(self) -> bool:
+        return self.devices.active or self.links.active or self.rounds.policy != "wait_all"
+
+    # ------------------------------------------------------------ before running
+    def dispatch(self, cid: int, rnd: int, phase: str, now: float, down_bytes: int, purpose: str,
+                 deadline: float | None) -> Dispatch:
+        spp = self.devices.seconds_per_sample(cid, rnd, phase)
+        if not self.devices.online(cid, rnd, now, purpose):
+            return Dispatch(UNAVAILABLE, None, spp)
+        down = self.links.transfer(cid, down_bytes, "down", rnd, purpose)
+        if not down.complete:
+            return Dispatch(MODEL_LOST, down, spp)
+        if self.devices.drops_out(cid, rnd, purpose):
+            return Dispatch(DROPOUT, down, spp)
+        budget = None
+        if self.rounds.policy == "partial_work" and deadline is not None and phase.startswith("train"):
+            # The client is told how long it may compute: the deadline minus the model's
+            # download and an estimate of the reply's upload (a reply the model's size).
+            up_estimate = float(self.links.latency[cid]) + down_bytes / float(self.links.up_bps[cid])
+            budget = max(0.0, deadline - down.seconds - up_estimate)
+        return Dispatch(OK, down, spp, budget)
+
+    # ------------------------------------------------------------- after running
+    def arrive(self, cid: int, rnd: int, purpose: str, sent: Message, reply: Message, d: Dispatch) -> Arrival:
+        down_s = d.down.seconds if d.down is not None else 0.0
+        if reply.has_error():
+            up = self.links.transfer(cid, 0, "up", rnd, purpose)
+            return Arrival(ERROR, reply, down_s + up.seconds, 0.0, up)
+        compute = examples_processed(reply.content) * d.seconds_per_sample
+        content = reply.content
+        up = self.links.transfer(cid, _array_bytes(content), "up", rnd, purpose)
+        arrival = down_s + compute + up.seconds
+        if not up.complete:
+            if self.net.on_loss == "drop":
+                return Arrival(REPLY_LOST, None, math.inf, compute, up)
+            missing = missing_values(content, up.lost, self.net.packet_bytes)
+            filled = fill_missing(content, missing, sent.content) if self.net.fill == "global" else None
+            if filled is None:
+                why = (f"reply excluded: {len(up.lost)} packet(s) lost for good"
+                       + (" and no matching global array to fill from" if self.net.fill == "global" else ""))
+                return Arrival(ERROR, error_reply(sent, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, why), arrival, compute,
+                               up, reason=why)
+            content = filled
+        flips = 0
+        if self.net.bit_error_rate > 0:
+            content, flips = flip_bits(content, self.net.bit_error_rate,
+                                       seeding.rng(self.seed, rnd, cid, f"bit-errors-{purpose}"))
+            bad = implausible(content, sent.content, self.net.corruption_threshold) if flips else None
+            if bad is not None:
+                why = f"reply excluded: corrupted in transit ({flips} bit flips; implausible values in {bad})"
+                return Arrival(ERROR, error_reply(sent, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, why), arrival, compute,
+                               up, flips, reason=why)
+        if content is not reply.content:
+            reply = Message(content=content, metadata=reply.metadata)
+        return Arrival(OK, reply, arrival, compute, up, flips)
+
+
+def examples_processed(content: RecordDict) -> float:
+    """Training samples the client processed: ``examples-seen`` if reported, else ``num-examples``."""
+    for rec in content.metric_records.values():
+        for key in (keys.EXAMPLES_SEEN, keys.NUM_EXAMPLES):
+            value = rec.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+                return float(value)
+    return 0.0
+
+
+def _array_bytes(content: RecordDict) -> int:
+    return sum(len(arr.data) for rec in content.array_records.values() for arr in rec.values())
+
+
+def overcommit_nodes(seed: int, exchange: int, chosen: list[int], all_nodes: list[int], extra: int) -> list[int]:
+    """``extra`` more nodes, drawn from those not already chosen (seeded)."""
+    pool = np.array(sorted(set(all_nodes) - set(chosen)), dtype=np.int64)
+    if extra <= 0 or len(pool) == 0:
+        return []
+    rng = seeding.rng(seed, exchange, seeding.SERVER, "over-select")
+    return [int(x) for x in rng.choice(pool, size=min(extra, len(pool)), replace=False)]
