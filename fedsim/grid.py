@@ -265,7 +265,7 @@ class SimulationGrid(Grid):
         purposes: list[str] = []
         bytes_down = bytes_up = 0
         occurrence: dict[int, int] = {}
-        for slot, (mid, msg) in enumerate(items):
+        for slot, (_, msg) in enumerate(items):
             dst = msg.metadata.dst_node_id
             if not (NODE_ID_OFFSET <= dst < NODE_ID_OFFSET + self.num_nodes):
                 replies[slot] = error_reply(msg, ErrorCode.NODE_UNAVAILABLE, f"no node with id {dst}")

@@ -13,9 +13,12 @@ from fedsim.grid import Exchange, weighted_metric
 #: Record fields that hold wall-clock measurements (everything else is deterministic).
 WALL_FIELDS = ("wall_round_s", "wall_total_s", "wall_client_s")
 
-#: Per-round sums of the simulated system's events (see `fedsim.grid.Exchange`).
-SYSTEM_COUNTS = ("stragglers", "dropouts", "unavailable", "model_lost", "reply_lost", "corrupted",
-                 "retransmissions", "packets_lost", "packets_lost_for_good", "bit_flips", "over_selected")
+#: Per-round sums of the simulated system's events (see `fedsim.grid.Exchange`): what
+#: happened to the clients sampled for training, and to all traffic (training and evaluation).
+PARTICIPATION_COUNTS = ("stragglers", "dropouts", "unavailable", "model_lost", "reply_lost", "corrupted",
+                        "over_selected")
+TRAFFIC_COUNTS = ("retransmissions", "packets_lost", "packets_lost_for_good", "bit_flips")
+SYSTEM_COUNTS = PARTICIPATION_COUNTS + TRAFFIC_COUNTS
 
 
 class Recorder:
@@ -70,7 +73,8 @@ class Recorder:
             ],
             "virtual_round_s": (vnow - self._v_last),
             "virtual_time_s": vnow,
-            **{key: sum(getattr(e, key) for e in exs) for key in SYSTEM_COUNTS},
+            **{key: sum(getattr(e, key) for e in train) for key in PARTICIPATION_COUNTS},
+            **{key: sum(getattr(e, key) for e in exs) for key in TRAFFIC_COUNTS},
             "wall_round_s": now - self._t_last,
             "wall_total_s": now - self._t0,
             "wall_client_s": sum(e.client_seconds for e in exs),

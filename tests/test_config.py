@@ -15,7 +15,7 @@ from tests.conftest import tiny_raw
 PRESETS = Path(__file__).resolve().parents[1] / "scenarios" / "presets"
 
 
-@pytest.mark.parametrize("name", ["quickstart", "synthetic"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in PRESETS.glob("*.toml")))
 def test_presets_load_and_round_trip(name: str) -> None:
     cfg = load_config(PRESETS / f"{name}.toml")
     assert from_dict(cfg.to_dict()) == cfg
@@ -129,6 +129,10 @@ def test_malformed_and_missing_toml(tmp_path: Path) -> None:
         ["run", "quickstart", "--set", "run.rounds=0"],
         ["run", "quickstart", "--set", "data.dataset=imagenet"],
         ["run", "no-such-scenario"],
+        ["run", "lossy", "--set", "network.up_mbps.value=-1"],
+        ["run", "lossy", "--set", "network.loss.p=1.5"],
+        ["run", "stragglers", "--set", "round.deadline=0"],
+        ["run", "mobile", "--set", 'devices.availability_trace="missing.csv"'],
     ],
 )
 def test_cli_reports_one_line_and_exit_2(args: list[str]) -> None:

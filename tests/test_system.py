@@ -275,8 +275,6 @@ def test_lost_reply_spans_are_filled_from_the_global_model() -> None:
 def test_bit_errors_are_detected_and_never_aggregated() -> None:
     sys = system(20, network={"bit_error_rate": 1e-4})
     grid, exchanges = toy_grid(20, sys)
-    content = RecordDict({"arrays": ArrayRecord({"w": Array(np.zeros(2000, dtype=np.float32))}),
-                          "config": ConfigRecord({"server-round": 1})})
     result = FedAvg(fraction_train=1.0, fraction_evaluate=0.0).start(
         grid=grid, initial_arrays=ArrayRecord({"w": Array(np.zeros(2000, dtype=np.float32))}), num_rounds=3)
     w = result.arrays["w"].numpy()
@@ -284,7 +282,6 @@ def test_bit_errors_are_detected_and_never_aggregated() -> None:
     flips = sum(e.bit_flips for e in exchanges)
     assert flips == pytest.approx(3 * 20 * 2000 * 32 * 1e-4, rel=0.2)  # binomial mean
     assert sum(e.corrupted for e in exchanges) > 0
-    del content
 
 
 # --------------------------------------------------------------------- fidelity
