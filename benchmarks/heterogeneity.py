@@ -123,7 +123,8 @@ def plot_a(rows: list[dict], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     for row in rows:
         pts = [(r["virtual_time_s"], r["central_acc"]) for r in row["history"] if r.get("central_acc") is not None]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"{row['stragglers']:.0%} stragglers, {row['policy']}")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], drawstyle="steps-post",
+                label=f"{row['stragglers']:.0%} stragglers, {row['policy']}")
     ax.axvline(rows[0]["budget"], color="k", ls="--", lw=0.8, label="budget")
     ax.set_xlim(0, rows[0]["budget"] * 1.05)
     ax.set_xlabel("virtual time (s)")

@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_app.add_argument("--out", default=None, help="results folder")
     p_app.add_argument("--verbose", action="store_true", help="show Flower's INFO logs")
     p_app.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p_app.add_argument("--system", default=None, metavar="SCENARIO.toml",
+                       help="simulate the [devices], [network] and [round] sections of this scenario file")
 
     sub.add_parser("presets", help="list the shipped scenario presets")
     return parser
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
             res = run_app(args.path, run_config=args.run_config, num_supernodes=args.num_supernodes,
                           executor=args.executor, num_actors=args.num_actors, seed=args.seed, out_dir=args.out,
-                          verbose=args.verbose, plots=not args.no_plots)
+                          verbose=args.verbose, plots=not args.no_plots, system=args.system)
             print(f"{res.summary['app']}: {res.summary['rounds']} rounds on {res.summary['num_supernodes']} "
                   f"simulated SuperNodes; results in {res.out_dir}")
             return 0

@@ -49,7 +49,12 @@ class Recorder:
         train = [e for e in exs if e.phase.startswith("train")]
         evals = [e for e in exs if e.phase.startswith("evaluate")]
         now = time.perf_counter()
-        vnow = self.clock.now if self.clock is not None else sum(e.virtual_seconds for e in exs) + self._v_last
+        # The round ends when its last exchange does (with auto_close, the clock may already
+        # have moved on into the next round's first exchange).
+        if exs:
+            vnow = max(e.virtual_start + e.virtual_seconds for e in exs)
+        else:
+            vnow = self.clock.now if self.clock is not None else self._v_last
         train_replies = [r for e in train for r in e.replies]
         eval_replies = [r for e in evals for r in e.replies]
         record: dict[str, Any] = {

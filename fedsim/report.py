@@ -152,7 +152,8 @@ def plot_system(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
     for key, label in (("central_acc", "centralized"), ("fed_acc", "federated")):
         pts = [(r["virtual_time_s"], r[key]) for r in records if r.get(key) is not None]
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 60 else None, label=label)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 60 else None, label=label,
+                    drawstyle="steps-post")
     ax.set_xlabel("virtual time (s)")
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)

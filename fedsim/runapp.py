@@ -24,7 +24,12 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import ServerApp
 
 from fedsim import report
-from fedsim.config import parse_override_value
+from fedsim.config import load_toml, parse_override_value
+from fedsim.policies import RoundSection
+from fedsim.schema import parse
+from fedsim.system import SystemModel
+from scenarios.devices import DevicesSection
+from scenarios.network import NetworkSection
 from fedsim.errors import ConfigError
 from fedsim.executors import AppRef, make_executor
 from fedsim.executors.base import load_object
@@ -78,10 +83,25 @@ def read_app(path: str | Path) -> FlowerApp:
                      run_config=flatten_dict(flwr_cfg.get("app", {}).get("config", {})), num_supernodes=num)
 
 
+def load_system(path: str | Path, num_nodes: int, seed: int) -> SystemModel:
+    """The devices, links and round policy of a scenario file (other sections are ignored)."""
+    raw = load_toml(path)
+    sections = {key: raw.get(key, {}) for key in ("devices", "network", "round")}
+    return SystemModel(parse(DevicesSection, sections["devices"], "devices"),
+                       parse(NetworkSection, sections["network"], "network"),
+                       parse(RoundSection, sections["round"], "round"), num_nodes, seed)
+
+
 def run_app(path: str | Path, *, run_config: Iterable[str] = (), num_supernodes: int | None = None,
             executor: str = "serial", num_actors: int = 0, seed: int = 0, out_dir: str | Path | None = None,
-            threads: int = 1, verbose: bool = False, plots: bool = True) -> AppRunResult:
-    """Run a Flower app folder on a `SimulationGrid`; ``run_config`` items are ``key=value``."""
+            threads: int = 1, verbose: bool = False, plots: bool = True,
+            system: str | Path | None = None) -> AppRunResult:
+    """Run a Flower app folder on a `SimulationGrid`; ``run_config`` items are ``key=value``.
+
+    ``system`` is a scenario TOML whose ``[devices]``, ``[network]`` and ``[round]``
+    sections simulate the devices, links and round policy around the app (the app's own
+    ``timeout`` is the virtual deadline under the deadline policies).
+    """
     app = read_app(path)
     config = dict(app.run_config)
     for item in run_config:
@@ -106,8 +126,10 @@ def run_app(path: str | Path, *, run_config: Iterable[str] = (), num_supernodes:
     if executor == "ray":
         kwargs["num_actors"] = num_actors
     ex = make_executor(executor, **kwargs)
+    system_model = load_system(system, n, seed) if system else None
     with flower_log_level(verbose), torch_threads(threads):
-        grid = SimulationGrid(n, ex, seed=seed, observer=recorder.on_exchange)
+        grid = SimulationGrid(n, ex, seed=seed, observer=recorder.on_exchange, system=system_model)
+        recorder.clock = grid.clock
         ex.start(client_ref, grid.run.run_id, config)
         context = Context(run_id=grid.run.run_id, node_id=SUPERLINK_NODE_ID, node_config={},
                           state=RecordDict(), run_config=config)
@@ -122,4 +144,5 @@ def run_app(path: str | Path, *, run_config: Iterable[str] = (), num_supernodes:
     writer.write_summary(summary)
     if plots and recorder.records:
         report.plot_curves(recorder.records, out)
+        report.plot_system(recorder.records, out)
     return AppRunResult(history=recorder.records, summary=summary, out_dir=out, context=context)
