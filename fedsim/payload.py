@@ -10,6 +10,7 @@ functions only read or rebuild Flower records; the link model decides what is lo
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, RecordDict
@@ -62,11 +63,9 @@ def missing_values(content: RecordDict, lost_packets: np.ndarray, packet_bytes: 
     return out
 
 
-def fill_missing(content: RecordDict, missing: dict[tuple[str, str], np.ndarray],
-                 reference: RecordDict) -> RecordDict | None:
-    """``content`` with missing values taken from ``reference`` (the global model sent);
-    None when the reference lacks a matching array."""
-    ref_arrays = {k: a for rec in reference.array_records.values() for k, a in rec.items()}
+def _map_arrays(content: RecordDict, edit: Callable[[str, str, Array], Array | None]) -> RecordDict | None:
+    """A copy of ``content`` with each array replaced by ``edit(record, key, array)``;
+    None as soon as ``edit`` gives None."""
     out = RecordDict()
     for rkey, rec in content.items():
         if not isinstance(rec, ArrayRecord):
@@ -74,22 +73,34 @@ def fill_missing(content: RecordDict, missing: dict[tuple[str, str], np.ndarray]
             continue
         arrays = {}
         for akey, arr in rec.items():
-            mask = missing.get((rkey, akey))
-            if mask is None or not mask.any():
-                arrays[akey] = arr
-                continue
-            ref = ref_arrays.get(akey)
-            if ref is None or tuple(ref.shape) != tuple(arr.shape) or ref.dtype != arr.dtype:
+            new = edit(rkey, akey, arr)
+            if new is None:
                 return None
-            if mask.all():
-                values = ref.numpy().copy()
-            else:
-                values = arr.numpy().copy()
-                flat = values.reshape(-1)
-                flat[mask] = ref.numpy().reshape(-1)[mask]
-            arrays[akey] = Array(values)
+            arrays[akey] = new
         out[rkey] = ArrayRecord(arrays)
     return out
+
+
+def fill_missing(content: RecordDict, missing: dict[tuple[str, str], np.ndarray],
+                 reference: RecordDict) -> RecordDict | None:
+    """``content`` with missing values taken from ``reference`` (the global model sent);
+    None when the reference lacks a matching array."""
+    ref_arrays = {k: a for rec in reference.array_records.values() for k, a in rec.items()}
+
+    def fill(rkey: str, akey: str, arr: Array) -> Array | None:
+        mask = missing.get((rkey, akey))
+        if mask is None or not mask.any():
+            return arr
+        ref = ref_arrays.get(akey)
+        if ref is None or tuple(ref.shape) != tuple(arr.shape) or ref.dtype != arr.dtype:
+            return None
+        if mask.all():
+            return Array(ref.numpy().copy())
+        values = arr.numpy().copy()
+        values.reshape(-1)[mask] = ref.numpy().reshape(-1)[mask]
+        return Array(values)
+
+    return _map_arrays(content, fill)
 
 
 def flip_bits(content: RecordDict, ber: float, rng: np.random.Generator) -> tuple[RecordDict, int]:
@@ -102,28 +113,24 @@ def flip_bits(content: RecordDict, ber: float, rng: np.random.Generator) -> tupl
         return content, 0
     positions = np.sort(rng.choice(total, size=min(flips, total), replace=False))
     bounds = np.cumsum(bits)
-    out = RecordDict()
     touched: dict[tuple[str, str], np.ndarray] = {}
     for seg_i, seg in enumerate(segs):
         lo = bounds[seg_i] - bits[seg_i]
         mine = positions[(positions >= lo) & (positions < bounds[seg_i])] - lo
         if len(mine):
             touched[(seg.record, seg.key)] = mine
-    for rkey, rec in content.items():
-        if not isinstance(rec, ArrayRecord):
-            out[rkey] = rec
-            continue
-        arrays = {}
-        for akey, arr in rec.items():
-            pos = touched.get((rkey, akey))
-            if pos is None:
-                arrays[akey] = arr
-                continue
-            values = arr.numpy().copy()
-            raw = values.reshape(-1).view(np.uint8)
-            np.bitwise_xor.at(raw, pos // 8, (1 << (pos % 8)).astype(np.uint8))
-            arrays[akey] = Array(values)
-        out[rkey] = ArrayRecord(arrays)
+
+    def flip(rkey: str, akey: str, arr: Array) -> Array:
+        pos = touched.get((rkey, akey))
+        if pos is None:
+            return arr
+        values = arr.numpy().copy()
+        raw = values.reshape(-1).view(np.uint8)
+        np.bitwise_xor.at(raw, pos // 8, (1 << (pos % 8)).astype(np.uint8))
+        return Array(values)
+
+    out = _map_arrays(content, flip)
+    assert out is not None
     return out, flips
 
 
