@@ -39,6 +39,17 @@ def register_strategy(name: str) -> Callable[[StrategyFactory], StrategyFactory]
     return STRATEGIES.register(name)
 
 
+def _load_ours() -> None:
+    """Import fedsim's own strategies so they register (kept out of import cycles)."""
+    import importlib
+
+    for module in OURS:
+        importlib.import_module(module)
+
+
+OURS = ("strategies.fednova",)
+
+
 # Ranges for argument names that Flower's strategies share.
 _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "fraction_train": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
@@ -57,6 +68,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "beta": (lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
     "num_malicious_nodes": (lambda v: v >= 0, "must be >= 0"),
     "num_nodes_to_select": (lambda v: v >= 0, "must be >= 0"),
+    "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
 }
 
 _SCALARS = (bool, int, float, str)
@@ -78,10 +90,11 @@ def resolve_class(name: str, field: str) -> StrategyFactory:
         if not (inspect.isclass(obj) and issubclass(obj, Strategy)):
             raise ConfigError(field, name, "is not a flwr.serverapp.strategy.Strategy subclass")
         return obj
+    _load_ours()
     return STRATEGIES.get(name, field)
 
 
-def _hints(factory: StrategyFactory) -> dict[str, Any]:
+def _hints(factory: Any) -> dict[str, Any]:
     target = factory.__init__ if inspect.isclass(factory) else factory
     try:
         return typing.get_type_hints(target)
@@ -98,14 +111,30 @@ def _configurable(tp: Any) -> bool:
     return False
 
 
+def _parameters(factory: StrategyFactory) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
+    """Keyword parameters and their type hints; a class whose ``__init__`` takes
+    ``**kwargs`` also accepts (and is checked against) its base classes' parameters."""
+    params: dict[str, inspect.Parameter] = {}
+    hints: dict[str, Any] = {}
+    classes = [c for c in factory.__mro__ if "__init__" in vars(c)] if inspect.isclass(factory) else [factory]
+    open_ended = False
+    for cls in classes:
+        sig = inspect.signature(cls.__init__ if inspect.isclass(factory) else cls)
+        for p in sig.parameters.values():
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self" and p.name not in params:
+                params[p.name] = p
+        for k, v in _hints(cls).items():
+            hints.setdefault(k, v)
+        open_ended = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+        if not open_ended or cls in (Strategy, object):
+            break
+    return params, hints, open_ended and not inspect.isclass(factory)
+
+
 def resolve_strategy_args(name: str, raw: Mapping[str, Any], path: str) -> "StrategyArgs":
     factory = resolve_class(name, f"{path}.name")
-    sig = inspect.signature(factory)
-    hints = _hints(factory)
-    params = {p.name: p for p in sig.parameters.values()
-              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
+    params, hints, has_var_kw = _parameters(factory)
     allowed = [n for n, p in params.items() if n not in hints or _configurable(hints[n])]
-    has_var_kw = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
     args: dict[str, Any] = {}
     for key, value in raw.items():
         field = f"{path}.{key}"
@@ -156,8 +185,8 @@ def build_strategy(name: str, args: "StrategyArgs | Mapping[str, Any]") -> Strat
 
 def effective_args(name: str, args: "StrategyArgs") -> dict[str, Any]:
     """The constructor's defaults overlaid with the scenario's arguments."""
-    sig = inspect.signature(resolve_class(name, "strategy.name"))
-    out = {p.name: p.default for p in sig.parameters.values() if p.default is not inspect.Parameter.empty}
+    params, _, _ = _parameters(resolve_class(name, "strategy.name"))
+    out = {p.name: p.default for p in params.values() if p.default is not inspect.Parameter.empty}
     out.update(args.args)
     return out
 
