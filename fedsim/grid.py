@@ -74,6 +74,7 @@ class Exchange:
     packets_lost_for_good: int = 0
     bit_flips: int = 0
     over_selected: int = 0  # extra clients sampled by the over_select policy
+    partial: int = 0  # stragglers told to do fewer local epochs (FedProx's protocol)
 
 
 def array_bytes(content: RecordDict) -> int:
@@ -293,6 +294,25 @@ class SimulationGrid(Grid):
             task_slots.append(slot)
             dispatches.append(d)
             purposes.append(purpose)
+        # FedProx's straggler protocol: dropped by the deadline policy, partial epochs otherwise.
+        slow = system.stragglers(rnd, phase, [self.partition_id(t.node_id) for t in tasks])
+        protocol_stragglers = partial = 0
+        if slow:
+            keep_idx = []
+            for i, task in enumerate(tasks):
+                epochs = slow.get(self.partition_id(task.node_id))
+                if epochs is None:
+                    keep_idx.append(i)
+                elif policy == "deadline":
+                    protocol_stragglers += 1  # it would not finish: FedAvg drops it
+                else:
+                    task.extra_config = {**(task.extra_config or {}), keys.LOCAL_EPOCHS: epochs}
+                    partial += 1
+                    keep_idx.append(i)
+            tasks = [tasks[i] for i in keep_idx]
+            task_slots = [task_slots[i] for i in keep_idx]
+            dispatches = [dispatches[i] for i in keep_idx]
+            purposes = [purposes[i] for i in keep_idx]
         results = self._run_in_waves(tasks)
         seconds = 0.0
         for slot, task, d, purpose, res in zip(task_slots, tasks, dispatches, purposes, results):
@@ -339,12 +359,13 @@ class SimulationGrid(Grid):
             self.observer(Exchange(
                 phase=phase, round=rnd, sampled=n_asked, replied=sum(1 for r in kept_replies if not r.has_error()),
                 failures=tuple(failures), bytes_down=bytes_down, bytes_up=bytes_up, client_seconds=seconds,
-                replies=kept_replies, virtual_start=start, virtual_seconds=sel.wait, stragglers=len(sel.late),
+                replies=kept_replies, virtual_start=start, virtual_seconds=sel.wait,
+                stragglers=len(sel.late) + protocol_stragglers,
                 dropouts=counts.get(DROPOUT, 0), unavailable=counts.get(UNAVAILABLE, 0),
                 model_lost=counts.get(MODEL_LOST, 0), reply_lost=counts.get(REPLY_LOST, 0),
                 corrupted=counts.get("corrupted", 0), retransmissions=counts.get("retransmissions", 0),
                 packets_lost=counts.get("packets_lost", 0), packets_lost_for_good=counts.get("packets_lost_for_good", 0),
-                bit_flips=counts.get("bit_flips", 0), over_selected=extra))
+                bit_flips=counts.get("bit_flips", 0), over_selected=extra, partial=partial))
         return kept
 
     def _run_in_waves(self, tasks: list[Task]) -> list[TaskResult]:

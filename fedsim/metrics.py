@@ -15,8 +15,8 @@ WALL_FIELDS = ("wall_round_s", "wall_total_s", "wall_client_s")
 
 #: Per-round sums of the simulated system's events (see `fedsim.grid.Exchange`): what
 #: happened to the clients sampled for training, and to all traffic (training and evaluation).
-PARTICIPATION_COUNTS = ("stragglers", "dropouts", "unavailable", "model_lost", "reply_lost", "corrupted",
-                        "over_selected")
+PARTICIPATION_COUNTS = ("stragglers", "partial", "dropouts", "unavailable", "model_lost", "reply_lost",
+                        "corrupted", "over_selected")
 TRAFFIC_COUNTS = ("retransmissions", "packets_lost", "packets_lost_for_good", "bit_flips")
 SYSTEM_COUNTS = PARTICIPATION_COUNTS + TRAFFIC_COUNTS
 

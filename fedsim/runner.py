@@ -123,7 +123,8 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
 
         recorder = Recorder(on_record=on_record)
         executor = make_executor(cfg.executor.name, **_executor_kwargs(cfg))
-        system = SystemModel(cfg.devices, cfg.network, cfg.round, cfg.data.num_clients, seed)
+        system = SystemModel(cfg.devices, cfg.network, cfg.round, cfg.data.num_clients, seed,
+                             local_epochs=cfg.client.local_epochs)
         grid = SimulationGrid(cfg.data.num_clients, executor, seed=seed, observer=recorder.on_exchange, system=system)
         recorder.clock = grid.clock
         executor.start(app_ref, grid.run.run_id, run_config)

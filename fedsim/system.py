@@ -55,12 +55,14 @@ class Arrival:
 
 class SystemModel:
     def __init__(self, devices: DevicesSection, network: NetworkSection, rounds: RoundSection, num_clients: int,
-                 seed: int) -> None:
+                 seed: int, local_epochs: int = 1) -> None:
         self.devices = DeviceModel(devices, num_clients, seed)
         self.links = LinkModel(network, num_clients, seed)
         self.rounds = rounds
         self.net = network
         self.seed = seed
+        max_epochs = devices.straggler_epochs or local_epochs - 1
+        self.straggler_epochs = max(1, max_epochs)
 
     @classmethod
     def default(cls, num_clients: int, seed: int) -> "SystemModel":
@@ -69,6 +71,16 @@ class SystemModel:
     @property
     def active(self) -> bool:
         return self.devices.active or self.links.active or self.rounds.policy != "wait_all"
+
+    def stragglers(self, rnd: int, phase: str, candidates: list[int]) -> dict[int, int]:
+        """FedProx's protocol: exactly round(fraction x K) of this round's K training clients
+        straggle; each gets a number of local epochs drawn from U{1..straggler_epochs}."""
+        fraction = self.devices.cfg.straggler_fraction
+        if fraction <= 0 or not phase.startswith("train") or not candidates:
+            return {}
+        rng = seeding.rng(self.seed, rnd, seeding.SERVER, f"stragglers-{phase}")
+        chosen = rng.choice(sorted(candidates), size=int(round(fraction * len(candidates))), replace=False)
+        return {int(c): int(rng.integers(1, self.straggler_epochs + 1)) for c in sorted(chosen)}
 
     # ------------------------------------------------------------ before running
     def dispatch(self, cid: int, rnd: int, phase: str, now: float, down_bytes: int, purpose: str,

@@ -35,6 +35,11 @@ class DevicesSection:
     availability_trace: str = option("", doc="CSV of online intervals: client,start,end (virtual seconds)")
     availability_period: float = option(0.0, ge=0.0, doc="trace period; 0 = the trace's last end")
     dropout: float = option(0.0, ge=0.0, lt=1.0, doc="probability an online client drops out mid-round")
+    straggler_fraction: float = option(0.0, ge=0.0, le=1.0,
+                                       doc="FedProx's protocol: this fraction of each round's training clients "
+                                           "straggle (dropped under deadline, partial epochs otherwise)")
+    straggler_epochs: int = option(0, ge=0, le=100_000,
+                                   doc="stragglers do U{1..this} local epochs; 0 = client.local_epochs - 1")
 
     def check(self, path: str) -> None:
         if self.eval_seconds_per_sample != -1.0 and self.eval_seconds_per_sample < 0:

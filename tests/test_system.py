@@ -322,3 +322,20 @@ def test_system_config_errors() -> None:
         with pytest.raises(ConfigError) as info:
             tiny_config(**edit)
         assert str(info.value).startswith(start) and fragment in str(info.value), str(info.value)
+
+
+def test_fedprox_straggler_protocol() -> None:
+    # 10 training clients, 40 % stragglers: exactly 4 per round.
+    for policy, replied in (("deadline", 6), ("partial_work", 10)):
+        sys = SystemModel(parse(DevicesSection, {"straggler_fraction": 0.4}, "devices"), NetworkSection(),
+                          parse(RoundSection, {"policy": policy, "deadline": 1e9}, "round"), 10, 0, local_epochs=5)
+        grid, exchanges = toy_grid(10, sys)
+        replies = list(grid.send_and_receive(train_messages(grid), timeout=1e9))
+        ex = exchanges[0]
+        assert len(replies) == replied
+        epochs = sorted(int(r.content["metrics"]["local-epochs"]) for r in replies)
+        if policy == "deadline":
+            assert ex.stragglers == 4 and ex.partial == 0 and epochs == [0] * 6  # the rest do full work
+        else:
+            assert ex.stragglers == 0 and ex.partial == 4
+            assert epochs[:6] == [0] * 6 and all(1 <= e <= 4 for e in epochs[6:])  # U{1..E-1}

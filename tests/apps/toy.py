@@ -53,7 +53,8 @@ def train(msg: Message, context: Context) -> Message:
     content = RecordDict({
         "arrays": ArrayRecord({k: Array(v) for k, v in out.items()}),
         "metrics": MetricRecord({"num-examples": pid + 1, "train_loss": float(pid), "calls": calls,
-                                 "num-partitions": int(context.node_config["num-partitions"])}),
+                                 "num-partitions": int(context.node_config["num-partitions"]),
+                                 "local-epochs": int(msg.content["config"].get("local-epochs", 0))}),
     })
     return Message(content=content, reply_to=msg)
 
