@@ -34,7 +34,7 @@ def _flatten(prefix: str, node: Any, out: dict[str, str]) -> None:
             return
         for key, value in node.items():
             _flatten(f"{prefix}.{key}" if prefix else str(key), value, out)
-    else:
+    elif node is not None:  # None = an unset optional key
         out[prefix] = _literal(node)
 
 

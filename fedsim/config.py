@@ -32,6 +32,20 @@ class RunSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class SharingSection:
+    """Zhao et al. 2018: a globally shared, class-balanced set G held by the server."""
+
+    beta: float | None = option(None, gt=0.0, le=1.0, doc="|G| = beta x |training data|; unset = no sharing")
+    alpha: float = option(1.0, ge=0.0, le=1.0, doc="each client receives a random alpha-portion of G, once")
+    warmup_epochs: int = option(0, ge=0, le=100_000, doc="train the initial global model on G first")
+    warmup_lr: float | None = option(None, gt=0.0, doc="warm-up learning rate; unset = client.lr")
+
+    @property
+    def enabled(self) -> bool:
+        return self.beta is not None
+
+
+@dataclasses.dataclass(frozen=True)
 class DataSection:
     dataset: Named = named("dataset", "scenarios.datasets:resolve_dataset_params")
     partitioner: Named = named("partitioner", "scenarios.partitioners:resolve_partitioner_params", "iid")
@@ -40,6 +54,7 @@ class DataSection:
                                          doc="held out for the server when the dataset has no official test split")
     client_test_fraction: float = option(0.2, ge=0.0, lt=1.0, doc="each client's local test split")
     use_official_test: bool = option(True, doc="use the dataset's own test split as the server's test set")
+    sharing: SharingSection = SharingSection()
 
 
 @dataclasses.dataclass(frozen=True)

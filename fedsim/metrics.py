@@ -38,6 +38,7 @@ class Recorder:
         self._t_last = self._t0
         self.clock: VirtualClock | None = None  # the grid's, for the cumulative virtual time
         self._v_last = 0.0
+        self.pending: dict[str, Any] = {}  # merged into the next record only (e.g. round 0's bytes_shared)
 
     def on_exchange(self, exchange: Exchange) -> None:
         if self.auto_close and self._open and exchange.round > self._open[-1].round:
@@ -72,6 +73,7 @@ class Recorder:
             "eval_clients_failed": sum(len(e.failures) for e in evals),
             "bytes_down": sum(e.bytes_down for e in exs),
             "bytes_up": sum(e.bytes_up for e in exs),
+            "bytes_shared": 0,
             "failures": [
                 {"partition_id": f.partition_id, "node_id": f.node_id, "phase": f.phase, "reason": f.reason}
                 for e in exs for f in e.failures
@@ -84,6 +86,8 @@ class Recorder:
             "wall_total_s": now - self._t0,
             "wall_client_s": sum(e.client_seconds for e in exs),
         }
+        record.update(self.pending)
+        self.pending = {}
         self._t_last = now
         self._v_last = vnow
         self.records.append(record)

@@ -94,6 +94,7 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "final_train_loss": next((r["train_loss"] for r in reversed(records) if r.get("train_loss") is not None), None),
         "bytes_down": sum(r["bytes_down"] for r in records),
         "bytes_up": sum(r["bytes_up"] for r in records),
+        "bytes_shared": sum(r.get("bytes_shared", 0) for r in records),
         "client_failures": sum(len(r["failures"]) for r in records),
         "virtual_time_s": last.get("virtual_time_s", 0.0),
         **{key: sum(r.get(key, 0) for r in records) for key in SYSTEM_COUNTS},

@@ -103,6 +103,8 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
     with flower_log_level(cfg.report.flower_logs), torch_threads(cfg.client.threads):
         data = federated_data(cfg.data, seed)  # validates partitions before anything starts
         model = init_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes, seed)
+        if cfg.data.sharing.enabled and cfg.data.sharing.warmup_epochs > 0:
+            warm_up(model, data, cfg)
         initial = ArrayRecord(model.state_dict())
         server_model = build_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes)
         with flower_log_level(cfg.report.flower_logs, quiet=logging.ERROR):  # e.g. "fraction_evaluate is 0"
@@ -122,6 +124,8 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
             progress.update(record)
 
         recorder = Recorder(on_record=on_record)
+        # The one-time distribution of the shared set is charged to round 0.
+        recorder.pending["bytes_shared"] = data.shared_bytes()
         executor = make_executor(cfg.executor.name, **_executor_kwargs(cfg))
         system = SystemModel(cfg.devices, cfg.network, cfg.round, cfg.data.num_clients, seed,
                              local_epochs=cfg.client.local_epochs)
@@ -164,6 +168,18 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
     final_arrays = result.arrays if result.arrays is not None else initial
     return RunResult(config=cfg, history=recorder.records, arrays=final_arrays, summary=summary,
                      out_dir=out, paths=paths, flower_result=result)
+
+
+def warm_up(model: torch.nn.Module, data: Any, cfg: Config) -> None:
+    """Zhao et al.'s server warm-up: train the initial global model on the shared set G."""
+    from clients import trainer
+
+    s = cfg.data.sharing
+    x, y = data.shared()
+    settings = trainer.TrainSettings(epochs=s.warmup_epochs, batch_size=cfg.client.batch_size,
+                                     lr=s.warmup_lr or cfg.client.lr, momentum=cfg.client.momentum,
+                                     weight_decay=cfg.client.weight_decay)
+    trainer.train(model, x, y, settings, seeding.torch_generator(cfg.run.seed, 0, seeding.SERVER, "warm-up"))
 
 
 def _executor_kwargs(cfg: Config) -> dict[str, Any]:

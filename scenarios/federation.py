@@ -31,6 +31,8 @@ class FederatedData:
     server_y: torch.Tensor
     train_idx: tuple[torch.Tensor, ...]
     test_idx: tuple[torch.Tensor, ...]
+    shared_idx: torch.Tensor = dataclasses.field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    client_shared_idx: tuple[torch.Tensor, ...] = ()  # each client's alpha-portion of the shared set G
 
     @property
     def num_clients(self) -> int:
@@ -41,8 +43,20 @@ class FederatedData:
         return tuple(self.x.shape[1:])
 
     def client_train(self, cid: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The client's training data: its partition, plus its portion of G when data is shared."""
         idx = self.train_idx[cid]
+        if self.client_shared_idx:
+            idx = torch.cat([idx, self.client_shared_idx[cid]])
         return self.x[idx], self.y[idx]
+
+    def shared(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The server's shared set G."""
+        return self.x[self.shared_idx], self.y[self.shared_idx]
+
+    def shared_bytes(self) -> int:
+        """Bytes of the one-time distribution of G's portions: inputs (float32) and labels (int64)."""
+        per_sample = int(np.prod(self.input_shape)) * 4 + 8
+        return sum(len(i) for i in self.client_shared_idx) * per_sample
 
     def client_test(self, cid: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self.test_idx[cid]
@@ -88,6 +102,7 @@ def build(data: DataSection, seed: int) -> FederatedData:
         n_test = min(n_test, max(len(idx) - 1, 0))
         test_idx.append(torch.from_numpy(np.sort(shuffled[:n_test])))
         train_idx.append(torch.from_numpy(np.sort(shuffled[n_test:])))
+    shared_idx, client_shared = _shared_set(data, pool_y, len(parts), seed)
     return FederatedData(
         name=ds.name,
         x=torch.from_numpy(np.ascontiguousarray(pool_x, dtype=np.float32)),
@@ -97,7 +112,34 @@ def build(data: DataSection, seed: int) -> FederatedData:
         server_y=torch.from_numpy(np.ascontiguousarray(server_y, dtype=np.int64)),
         train_idx=tuple(train_idx),
         test_idx=tuple(test_idx),
+        shared_idx=shared_idx,
+        client_shared_idx=client_shared,
     )
+
+
+def _shared_set(data: DataSection, y: np.ndarray, num_clients: int, seed: int
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """G: round(beta x |pool|) samples, balanced over classes, drawn from the training pool
+    (clients keep their partitions, so runs with and without sharing differ only by G);
+    each client's alpha-portion is drawn independently."""
+    sharing = data.sharing
+    if not sharing.enabled:
+        return torch.zeros(0, dtype=torch.long), ()
+    rng = seeding.rng(seed, 0, seeding.SERVER, "shared-set")
+    size = max(1, int(round(sharing.beta * len(y))))
+    classes = np.unique(y)
+    per_class = np.full(len(classes), size // len(classes))
+    per_class[: size % len(classes)] += 1
+    chosen = []
+    for c, k in zip(classes, per_class):
+        idx = np.flatnonzero(y == c)
+        chosen.append(rng.choice(idx, size=min(int(k), len(idx)), replace=False))
+    g = np.sort(np.concatenate(chosen))
+    portion = int(round(sharing.alpha * len(g)))
+    client_parts = tuple(torch.from_numpy(np.sort(seeding.rng(seed, 0, cid, "shared-portion")
+                                                  .choice(g, size=portion, replace=False)))
+                         for cid in range(num_clients))
+    return torch.from_numpy(g), client_parts
 
 
 @functools.lru_cache(maxsize=4)

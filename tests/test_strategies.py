@@ -91,3 +91,50 @@ def test_fednova_differs_from_fedavg_with_heterogeneous_epochs() -> None:
     key = next(iter(avg.arrays))
     assert not np.allclose(nova.arrays[key].numpy(), avg.arrays[key].numpy())
     assert np.isfinite(nova.history[-1]["central_loss"])
+
+
+def test_shared_data_mixing_sizes_balance_and_bytes() -> None:
+    from scenarios.federation import build
+
+    cfg = tiny_config(data={"num_clients": 10, "partitioner": {"name": "shards", "shards_per_client": 1},
+                            "sharing": {"beta": 0.05, "alpha": 0.5}})
+    fd = build(cfg.data, 0)
+    pool = len(fd.y)
+    g_labels = fd.y[fd.shared_idx].numpy()
+    assert len(fd.shared_idx) == round(0.05 * pool)
+    counts = np.bincount(g_labels, minlength=10)
+    assert counts.max() - counts.min() <= 1  # balanced over classes
+    for cid in range(10):
+        part = fd.client_shared_idx[cid]
+        assert len(part) == round(0.5 * len(fd.shared_idx))
+        assert set(part.tolist()) <= set(fd.shared_idx.tolist())
+        x, y = fd.client_train(cid)
+        assert len(y) == len(fd.train_idx[cid]) + len(part)
+        assert len(np.unique(y.numpy())) > 1  # the 1-class client now sees other classes
+    assert fd.shared_bytes() == 10 * len(fd.client_shared_idx[0]) * (64 * 4 + 8)
+    # Partitions are the same with and without sharing: only G is added.
+    plain = build(cfg.replace(["data.sharing={}"]).data, 0)
+    assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(fd.train_idx, plain.train_idx))
+
+
+def test_shared_data_warm_up_trains_the_initial_model_and_bytes_are_recorded() -> None:
+    cfg = tiny_config(data={"num_clients": 10, "partitioner": {"name": "shards", "shards_per_client": 1},
+                            "sharing": {"beta": 0.1, "alpha": 1.0, "warmup_epochs": 10}},
+                      run={"rounds": 1}, strategy={"name": "fedavg", "fraction_train": 1.0, "fraction_evaluate": 0.0})
+    warm = fedsim.run(cfg, write=False)
+    cold = fedsim.run(cfg.replace(["data.sharing.warmup_epochs=0"]), write=False)
+    assert warm.history[0]["central_acc"] > cold.history[0]["central_acc"] + 0.2
+    assert warm.history[0]["bytes_shared"] > 0 and warm.history[1]["bytes_shared"] == 0
+    assert warm.summary["bytes_shared"] == warm.history[0]["bytes_shared"]
+
+
+@pytest.mark.parametrize(("sharing", "field", "fragment"), [
+    ({"beta": 0.0}, "data.sharing.beta = 0.0", "(0, 1]"),
+    ({"beta": 1.5}, "data.sharing.beta = 1.5", "(0, 1]"),
+    ({"beta": 0.05, "alpha": 1.2}, "data.sharing.alpha = 1.2", "[0, 1]"),
+    ({"beta": 0.05, "alpha": -0.1}, "data.sharing.alpha = -0.1", "[0, 1]"),
+])
+def test_sharing_config_errors(sharing: dict, field: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        tiny_config(data={"sharing": sharing})
+    assert str(info.value).startswith(field) and fragment in str(info.value)
