@@ -129,7 +129,8 @@ class SimulationGrid(Grid):
         TaskIdentity.run_id = run_id
         TaskIdentity.node_id = SUPERLINK_NODE_ID
         self._pending: dict[str, Message] = {}
-        self._replies: dict[str, Message] = {}
+        self._sent_at: dict[str, float] = {}  # virtual push time of each pending message
+        self._inflight: dict[str, tuple[float, Message]] = {}  # pushed and run: (arrival time, reply)
         self._seq = 0
         self._exchanges = 0
         self._seeded_for = -1
@@ -180,24 +181,30 @@ class SimulationGrid(Grid):
             msg_id = f"{self._run.run_id:x}-{self._seq:08d}"
             msg.metadata.__dict__["_message_id"] = msg_id
             self._pending[msg_id] = msg
+            self._sent_at[msg_id] = self.clock.now
             ids.append(msg_id)
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        """Replies for ``message_ids``; pending messages are delivered first (every reply
-        that arrives is kept, and the clock moves to the last arrival)."""
+        """The replies to ``message_ids`` that have arrived by now, in arrival order.
+
+        Pending messages are delivered first, each from the virtual time it was pushed.
+        If none of the requested replies has arrived yet, the clock moves on to the
+        earliest arrival, so a pull returns at least one reply while any is on its way
+        (an asynchronous strategy's polling loop never spins).
+        """
         ids = list(message_ids)
         todo = [i for i in ids if i in self._pending]
         if todo:
             for phase, items in self._by_phase(todo).items():
-                for mid, reply in self._exchange(phase, items, timeout=None, synchronous=False):
-                    self._replies[mid] = reply
-        out = []
-        for i in ids:
-            reply = self._replies.pop(i, None)
-            if reply is not None:
-                out.append(reply)
-        return out
+                self._launch(phase, items)
+        waiting = [i for i in ids if i in self._inflight]
+        if waiting and not any(self._inflight[i][0] <= self.clock.now for i in waiting):
+            self.clock.advance_to(min(self._inflight[i][0] for i in waiting))
+        order = {mid: k for k, mid in enumerate(ids)}
+        ready = sorted((i for i in waiting if self._inflight[i][0] <= self.clock.now),
+                       key=lambda i: (self._inflight[i][0], order[i]))
+        return [self._inflight.pop(i)[1] for i in ready]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Send, then return the replies the round policy keeps, in send order.
@@ -208,7 +215,7 @@ class SimulationGrid(Grid):
         ids = list(self.push_messages(messages))
         out: list[Message] = []
         for phase, items in self._by_phase([i for i in ids if i in self._pending]).items():
-            out.extend(reply for _, reply in self._exchange(phase, items, timeout=timeout, synchronous=True))
+            out.extend(reply for _, reply in self._exchange(phase, items, timeout=timeout))
         order = {mid: k for k, mid in enumerate(ids)}
         out.sort(key=lambda r: order.get(r.metadata.reply_to_message_id, len(order)))
         return out
@@ -228,17 +235,19 @@ class SimulationGrid(Grid):
             by_phase.setdefault(msg.metadata.message_type, []).append((mid, msg))
         return by_phase
 
-    def _exchange(self, phase: str, items: list[tuple[str, Message]], timeout: float | None,
-                  synchronous: bool) -> list[tuple[str, Message]]:
-        """Deliver one phase's messages through the simulated system; return the kept replies."""
+    def _exchange(self, phase: str, items: list[tuple[str, Message]], timeout: float | None
+                  ) -> list[tuple[str, Message]]:
+        """Synchronous delivery of one phase's messages under the round policy; the kept replies."""
         rnd = next((r for _, m in items if (r := message_round(m)) is not None), None)
         if rnd is None:
             rnd = self._last_round + (1 if phase.startswith("train") else 0)
         self._last_round = rnd
         system = self.system
-        policy = system.rounds.policy if synchronous else "wait_all"
-        deadline = timeout if (synchronous and system.rounds.uses_deadline) else None
+        policy = system.rounds.policy
+        deadline = timeout if system.rounds.uses_deadline else None
         start = self.clock.now
+        for mid, _ in items:
+            self._sent_at.pop(mid, None)
         n_asked = len(items)
         items = list(items)
         extra = 0
@@ -256,10 +265,68 @@ class SimulationGrid(Grid):
                 items.append((mid, msg))
             extra = len(more)
 
+        sim = self._simulate(phase, rnd, items, [start] * len(items), deadline, policy)
+        sel = select(policy, sim.arrivals, deadline, keep=n_asked if extra else None)
+        self.clock.advance(sel.wait)
+        kept = [(items[i][0], sim.replies[i]) for i in sel.kept if sim.replies[i] is not None]
+        self._emit(phase, rnd, items, sim, kept_slots=sel.kept, sampled=n_asked, start=start, waited=sel.wait,
+                   late=len(sel.late), extra=extra)
+        return kept
+
+    def _launch(self, phase: str, items: list[tuple[str, Message]]) -> None:
+        """Asynchronous delivery (push/pull): run the messages now, each from its push time;
+        replies become pullable at their arrival time. A message that never gets a reply
+        (offline, dropped out, lost) yields an error reply when its TTL expires."""
+        rnd = next((r for _, m in items if (r := message_round(m)) is not None), None)
+        if rnd is None:
+            rnd = self._last_round + (1 if phase.startswith("train") else 0)
+        self._last_round = rnd
+        starts = [self._sent_at.pop(mid, self.clock.now) for mid, _ in items]
+        sim = self._simulate(phase, rnd, items, starts, None, "wait_all")
+        for i, (mid, msg) in enumerate(items):
+            reply = sim.replies[i]
+            if reply is None or not math.isfinite(sim.arrivals[i]):
+                reply = error_reply(msg, ErrorCode.MESSAGE_UNAVAILABLE,
+                                    f"no reply within the message's TTL ({msg.metadata.ttl:g} virtual s)")
+                self._inflight[mid] = (starts[i] + msg.metadata.ttl, reply)
+            else:
+                self._inflight[mid] = (starts[i] + sim.arrivals[i], reply)
+        self._emit(phase, rnd, items, sim, kept_slots=list(range(len(items))), sampled=len(items),
+                   start=min(starts, default=self.clock.now), waited=0.0, late=0, extra=0)
+
+    def _emit(self, phase: str, rnd: int, items: list[tuple[str, Message]], sim: "_Simulated", kept_slots: list[int],
+              sampled: int, start: float, waited: float, late: int, extra: int) -> None:
+        if self.observer is None:
+            return
+        failures = []
+        kept_replies = []
+        for i in kept_slots:
+            reply = sim.replies[i]
+            if reply is None:
+                continue
+            kept_replies.append(reply)
+            if reply.has_error():
+                dst = items[i][1].metadata.dst_node_id
+                failures.append(Failure(rnd, phase, self.partition_id(dst) if dst >= NODE_ID_OFFSET else -1, dst,
+                                        reply.error.reason or f"code {reply.error.code}"))
+        c = sim.counts
+        self.observer(Exchange(
+            phase=phase, round=rnd, sampled=sampled, replied=sum(1 for r in kept_replies if not r.has_error()),
+            failures=tuple(failures), bytes_down=sim.bytes_down, bytes_up=sim.bytes_up, client_seconds=sim.seconds,
+            replies=tuple(kept_replies), virtual_start=start, virtual_seconds=waited,
+            stragglers=late + c.get("protocol_stragglers", 0), dropouts=c.get(DROPOUT, 0),
+            unavailable=c.get(UNAVAILABLE, 0), model_lost=c.get(MODEL_LOST, 0), reply_lost=c.get(REPLY_LOST, 0),
+            corrupted=c.get("corrupted", 0), retransmissions=c.get("retransmissions", 0),
+            packets_lost=c.get("packets_lost", 0), packets_lost_for_good=c.get("packets_lost_for_good", 0),
+            bit_flips=c.get("bit_flips", 0), over_selected=extra, partial=c.get("partial", 0)))
+
+    def _simulate(self, phase: str, rnd: int, items: list[tuple[str, Message]], starts: list[float],
+                  deadline: float | None, policy: str) -> "_Simulated":
+        """Dispatch, run and deliver one phase's messages; arrivals are relative to each start."""
+        system = self.system
         arrivals = [math.inf] * len(items)
         replies: list[Message | None] = [None] * len(items)
         counts: dict[str, int] = {}
-        failures: list[Failure] = []
         tasks: list[Task] = []
         task_slots: list[int] = []
         dispatches: list[Dispatch] = []
@@ -276,7 +343,7 @@ class SimulationGrid(Grid):
             k = occurrence[dst] = occurrence.get(dst, -1) + 1
             purpose = f"{phase}-{k}" if k else phase
             down_bytes = array_bytes(msg.content)
-            d = system.dispatch(cid, rnd, phase, start, down_bytes, purpose, deadline)
+            d = system.dispatch(cid, rnd, phase, starts[slot], down_bytes, purpose, deadline)
             if d.down is not None:
                 bytes_down += down_bytes
                 _add(counts, "retransmissions", d.down.retransmissions)
@@ -296,7 +363,6 @@ class SimulationGrid(Grid):
             purposes.append(purpose)
         # FedProx's straggler protocol: dropped by the deadline policy, partial epochs otherwise.
         slow = system.stragglers(rnd, phase, [self.partition_id(t.node_id) for t in tasks])
-        protocol_stragglers = partial = 0
         if slow:
             keep_idx = []
             for i, task in enumerate(tasks):
@@ -304,10 +370,10 @@ class SimulationGrid(Grid):
                 if epochs is None:
                     keep_idx.append(i)
                 elif policy == "deadline":
-                    protocol_stragglers += 1  # it would not finish: FedAvg drops it
+                    _add(counts, "protocol_stragglers", 1)  # it would not finish: FedAvg drops it
                 else:
                     task.extra_config = {**(task.extra_config or {}), keys.LOCAL_EPOCHS: epochs}
-                    partial += 1
+                    _add(counts, "partial", 1)
                     keep_idx.append(i)
             tasks = [tasks[i] for i in keep_idx]
             task_slots = [task_slots[i] for i in keep_idx]
@@ -345,28 +411,7 @@ class SimulationGrid(Grid):
             replies[slot] = reply
             arrivals[slot] = a.arrival
 
-        sel = select(policy, arrivals, deadline, keep=n_asked if extra else None)
-        self.clock.advance(sel.wait)
-        kept = [(items[i][0], replies[i]) for i in sel.kept if replies[i] is not None]
-        for i in sel.kept:
-            reply = replies[i]
-            if reply is not None and reply.has_error():
-                dst = items[i][1].metadata.dst_node_id
-                failures.append(Failure(rnd, phase, self.partition_id(dst) if dst >= NODE_ID_OFFSET else -1, dst,
-                                        reply.error.reason or f"code {reply.error.code}"))
-        if self.observer is not None:
-            kept_replies = tuple(r for _, r in kept)
-            self.observer(Exchange(
-                phase=phase, round=rnd, sampled=n_asked, replied=sum(1 for r in kept_replies if not r.has_error()),
-                failures=tuple(failures), bytes_down=bytes_down, bytes_up=bytes_up, client_seconds=seconds,
-                replies=kept_replies, virtual_start=start, virtual_seconds=sel.wait,
-                stragglers=len(sel.late) + protocol_stragglers,
-                dropouts=counts.get(DROPOUT, 0), unavailable=counts.get(UNAVAILABLE, 0),
-                model_lost=counts.get(MODEL_LOST, 0), reply_lost=counts.get(REPLY_LOST, 0),
-                corrupted=counts.get("corrupted", 0), retransmissions=counts.get("retransmissions", 0),
-                packets_lost=counts.get("packets_lost", 0), packets_lost_for_good=counts.get("packets_lost_for_good", 0),
-                bit_flips=counts.get("bit_flips", 0), over_selected=extra, partial=partial))
-        return kept
+        return _Simulated(arrivals, replies, counts, bytes_down, bytes_up, seconds)
 
     def _run_in_waves(self, tasks: list[Task]) -> list[TaskResult]:
         """Run tasks; several messages for one node run one after another, as on a SuperNode.
@@ -391,6 +436,16 @@ class SimulationGrid(Grid):
                 self._states[tasks[i].node_id] = res.state
                 results[i] = res
         return results  # type: ignore[return-value]
+
+
+@dataclasses.dataclass
+class _Simulated:
+    arrivals: list[float]  # seconds after each message's start; inf = never
+    replies: list[Message | None]
+    counts: dict[str, int]
+    bytes_down: int
+    bytes_up: int
+    seconds: float  # wall seconds inside ClientApps
 
 
 def _add(counts: dict[str, int], key: str, n: int) -> None:

@@ -50,12 +50,14 @@ class Recorder:
         train = [e for e in exs if e.phase.startswith("train")]
         evals = [e for e in exs if e.phase.startswith("evaluate")]
         now = time.perf_counter()
-        # The round ends when its last exchange does (with auto_close, the clock may already
-        # have moved on into the next round's first exchange).
-        if exs:
+        # The round ends now; with auto_close the clock may already have moved on into the
+        # next round's first exchange, so the round ends when its last exchange did.
+        if self.clock is not None and not self.auto_close:
+            vnow = self.clock.now
+        elif exs:
             vnow = max(e.virtual_start + e.virtual_seconds for e in exs)
         else:
-            vnow = self.clock.now if self.clock is not None else self._v_last
+            vnow = self._v_last
         train_replies = [r for e in train for r in e.replies]
         eval_replies = [r for e in evals for r in e.replies]
         record: dict[str, Any] = {
