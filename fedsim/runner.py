@@ -139,6 +139,9 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
             if cfg.server.centralized_eval and due:
                 server_model.load_state_dict(arrays.to_torch_state_dict())
                 central = evaluate(server_model, data.server_x, data.server_y)
+            extra = getattr(strategy, "round_metrics", None)  # e.g. FedBuff's staleness statistics
+            if isinstance(extra, dict) and server_round > 0:
+                recorder.pending.update({f"strategy_{k}": v for k, v in extra.items()})
             recorder.close_round(server_round, central)
             if central is None:
                 return None

@@ -47,7 +47,7 @@ def _load_ours() -> None:
         importlib.import_module(module)
 
 
-OURS = ("strategies.fednova",)
+OURS = ("strategies.fednova", "strategies.fedbuff")
 
 
 # Ranges for argument names that Flower's strategies share.
@@ -69,6 +69,11 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_malicious_nodes": (lambda v: v >= 0, "must be >= 0"),
     "num_nodes_to_select": (lambda v: v >= 0, "must be >= 0"),
     "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "concurrency": (lambda v: v >= 1, "must be >= 1"),
+    "buffer_size": (lambda v: v >= 1, "must be >= 1 (K)"),
+    "staleness": (lambda v: v in ("constant", "polynomial", "hinge"), "must be one of constant, polynomial, hinge"),
+    "staleness_a": (lambda v: v >= 0, "must be >= 0"),
+    "staleness_b": (lambda v: v >= 0, "must be >= 0"),
 }
 
 _SCALARS = (bool, int, float, str)
@@ -147,7 +152,7 @@ def resolve_strategy_args(name: str, raw: Mapping[str, Any], path: str) -> "Stra
             raise ConfigError(field, value, "takes a Python object and cannot be set from a scenario file")
         if key in hints:
             value = coerce(field, value, hints[key])
-        if key in _RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if key in _RANGES and not isinstance(value, bool):
             ok, text = _RANGES[key]
             if not ok(value):
                 raise ConfigError(field, value, text)

@@ -1,0 +1,198 @@
+"""FedBuff (Nguyen et al., AISTATS 2022): buffered asynchronous aggregation.
+
+The server keeps ``concurrency`` clients training at once. Each finished client's update
+``delta = x_start - x_end`` goes into a buffer; when the buffer holds ``buffer_size``
+updates, the server steps ``x <- x - server_lr * (1/K) * sum s(tau_k) delta_k``, where
+``tau_k`` is the update's staleness (server steps since the client fetched the model) and
+``s`` a staleness function (polynomial ``(1+tau)^-a``, hinge, constant). A finished
+client is replaced at once by a newly sampled idle one, which gets the current model.
+
+It is a Flower Message-API `Strategy` whose ``start`` drives the grid with
+``push_messages`` / ``pull_messages``: on a real SuperLink it polls in wall time; on
+fedsim's `SimulationGrid` each pull advances the virtual clock to the next arrival, so
+devices and links shape it exactly as they shape synchronous strategies. ``num_rounds``
+counts server steps; ``timeout`` is each message's TTL (a client that has not replied by
+then is given up and replaced).
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import time
+from collections.abc import Callable, Iterable
+from logging import INFO, WARNING
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+from flwr.supercore import log
+
+from fedsim import keys
+from strategies.aggregation import buffered_step, staleness_weight
+from strategies.registry import register_strategy
+
+MODEL_VERSION = "model-version"
+
+
+@register_strategy("fedbuff")
+class FedBuff(Strategy):
+    def __init__(
+        self,
+        *,
+        concurrency: int = 10,
+        buffer_size: int = 5,
+        server_lr: float = 1.0,
+        staleness: str = "polynomial",
+        staleness_a: float = 0.5,
+        staleness_b: float = 4.0,
+        fraction_evaluate: float = 0.0,
+        min_evaluate_nodes: int = 2,
+        weighted_by_key: str = keys.NUM_EXAMPLES,
+        arrayrecord_key: str = keys.ARRAYS,
+        configrecord_key: str = keys.CONFIG,
+        poll_interval: float = 0.1,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if buffer_size < 1:
+            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+        if server_lr <= 0:
+            raise ValueError(f"server_lr must be > 0, got {server_lr}")
+        staleness_weight(staleness, 0.0, staleness_a, staleness_b)  # validates the name
+        self.concurrency = concurrency
+        self.buffer_size = buffer_size
+        self.server_lr = server_lr
+        self.staleness = staleness
+        self.staleness_a = staleness_a
+        self.staleness_b = staleness_b
+        self.fraction_evaluate = fraction_evaluate
+        self.min_evaluate_nodes = min_evaluate_nodes
+        self.weighted_by_key = weighted_by_key
+        self.arrayrecord_key = arrayrecord_key
+        self.configrecord_key = configrecord_key
+        self.poll_interval = poll_interval
+        #: Metrics of the latest server step (staleness, buffer, clients), for observers.
+        self.round_metrics: dict[str, float] = {}
+
+    def summary(self) -> None:
+        log(INFO, "\t├──> FedBuff: concurrency %d, buffer %d, server lr %g, staleness %s(a=%g, b=%g)",
+            self.concurrency, self.buffer_size, self.server_lr, self.staleness, self.staleness_a, self.staleness_b)
+
+    # The synchronous hooks, for completeness: one "round" = one buffer of replies.
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        nodes = list(grid.get_node_ids())
+        chosen = random.sample(nodes, min(self.concurrency, len(nodes)))
+        return [self._message(arrays, config, server_round, node, MessageType.TRAIN) for node in chosen]
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        raise NotImplementedError("FedBuff aggregates as replies arrive: use FedBuff.start")
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        if self.fraction_evaluate == 0:
+            return []
+        nodes = list(grid.get_node_ids())
+        k = min(len(nodes), max(self.min_evaluate_nodes, int(len(nodes) * self.fraction_evaluate)))
+        return [self._message(arrays, config, server_round, node, MessageType.EVALUATE)
+                for node in random.sample(nodes, k)]
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        ok = [m.content for m in replies if not m.has_error()]
+        return aggregate_metricrecords(ok, self.weighted_by_key) if ok else None
+
+    def _message(self, arrays: ArrayRecord, config: ConfigRecord, version: int, node: int, kind: str,
+                 ttl: float | None = None) -> Message:
+        cfg = ConfigRecord({**dict(config), keys.SERVER_ROUND: version, MODEL_VERSION: version})
+        content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: cfg})
+        return Message(content, node, kind, ttl=ttl)
+
+    # ------------------------------------------------------------------ the loop
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
+              train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
+              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> Result:
+        train_config = ConfigRecord() if train_config is None else train_config
+        evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
+        log(INFO, "Starting FedBuff strategy:")
+        self.summary()
+        result = Result()
+        if evaluate_fn is not None:
+            res = evaluate_fn(0, initial_arrays)
+            if res is not None:
+                result.evaluate_metrics_serverapp[0] = res
+        arrays = initial_arrays
+        current = {k: a.numpy() for k, a in arrays.items()}
+        version = 0
+        # message id -> (node, version fetched, model fetched)
+        inflight: dict[str, tuple[int, int, dict[str, np.ndarray]]] = {}
+        buffer: list[tuple[dict[str, np.ndarray], int, Message]] = []
+        failures = 0
+
+        def launch(n: int) -> None:
+            busy = {node for node, _, _ in inflight.values()}
+            idle = [node for node in grid.get_node_ids() if node not in busy]
+            if not idle or n <= 0:
+                return
+            chosen = random.sample(sorted(idle), min(n, len(idle)))
+            msgs = [self._message(arrays, train_config, version, node, MessageType.TRAIN, ttl=timeout)
+                    for node in chosen]
+            for mid, node in zip(grid.push_messages(msgs), chosen):
+                inflight[mid] = (node, version, current)
+
+        launch(self.concurrency)
+        while version < num_rounds:
+            if not inflight:
+                log(WARNING, "FedBuff: no client is training (fewer nodes than needed?); stopping")
+                break
+            replies = list(grid.pull_messages(list(inflight)))
+            if not replies:
+                time.sleep(self.poll_interval)  # a real deployment: wait for the next reply
+                continue
+            for reply in replies:
+                node, fetched, start_model = inflight.pop(reply.metadata.reply_to_message_id)
+                if reply.has_error():
+                    failures += 1
+                    log(INFO, "FedBuff: node %d failed: %s", node, reply.error.reason)
+                    continue
+                local = {k: a.numpy() for rec in reply.content.array_records.values() for k, a in rec.items()}
+                delta = {k: start_model[k] - local[k] for k in start_model}
+                buffer.append((delta, fetched, reply))
+            while len(buffer) >= self.buffer_size and version < num_rounds:
+                taken, buffer = buffer[: self.buffer_size], buffer[self.buffer_size :]
+                stale = [version - fetched for _, fetched, _ in taken]
+                weights = [staleness_weight(self.staleness, t, self.staleness_a, self.staleness_b) for t in stale]
+                current = buffered_step(current, [d for d, _, _ in taken], weights, self.server_lr)
+                arrays = ArrayRecord({k: Array(v) for k, v in current.items()})
+                version += 1
+                metrics = aggregate_metricrecords([m.content for _, _, m in taken], self.weighted_by_key)
+                self.round_metrics = {"staleness_mean": float(np.mean(stale)), "staleness_max": float(max(stale)),
+                                      "staleness_weight_mean": float(np.mean(weights)), "failures": failures}
+                for k, v in self.round_metrics.items():
+                    metrics[k] = v
+                result.train_metrics_clientapp[version] = metrics
+                result.arrays = arrays
+                self._evaluate(grid, version, arrays, evaluate_config, timeout, result)
+                if evaluate_fn is not None:
+                    res = evaluate_fn(version, arrays)
+                    if res is not None:
+                        result.evaluate_metrics_serverapp[version] = res
+                failures = 0
+            launch(self.concurrency - len(inflight))
+        log(INFO, "FedBuff finished after %d server steps", version)
+        for line in io.StringIO(str(result)):
+            log(INFO, "\t%s", line.strip("\n"))
+        return result
+
+    def _evaluate(self, grid: Grid, version: int, arrays: ArrayRecord, config: ConfigRecord, timeout: float,
+                  result: Result) -> None:
+        msgs = list(self.configure_evaluate(version, arrays, config, grid))
+        if not msgs:
+            return
+        replies = grid.send_and_receive(msgs, timeout=timeout)
+        agg = self.aggregate_evaluate(version, replies)
+        if agg is not None:
+            result.evaluate_metrics_clientapp[version] = agg
