@@ -16,6 +16,7 @@ import functools
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from torch import nn
 
 from clients import trainer
@@ -26,6 +27,10 @@ from fedsim.config import Config
 from scenarios.federation import FederatedData, federated_data
 
 app = ClientApp()
+# The same ClientApp behind Flower's client-side DP clipping mods (for the dp_client_* wrappers).
+app_fixedclipping = ClientApp(mods=[fixedclipping_mod])
+app_adaptiveclipping = ClientApp(mods=[adaptiveclipping_mod])
+_APPS = (app, app_fixedclipping, app_adaptiveclipping)
 
 
 @dataclasses.dataclass
@@ -97,7 +102,6 @@ def _load(model: nn.Module, arrays: ArrayRecord) -> None:
     model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
 
 
-@app.train()
 def train(msg: Message, context: Context) -> Message:
     rt = runtime(context)
     cid = int(context.node_config[keys.PARTITION_ID])
@@ -119,7 +123,6 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
-@app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     rt = runtime(context)
     cid = int(context.node_config[keys.PARTITION_ID])
@@ -133,3 +136,8 @@ def evaluate(msg: Message, context: Context) -> Message:
         keys.EVAL_ACC: 0.0 if len(x) == 0 else acc,
     })
     return Message(RecordDict({keys.METRICS: metrics}), reply_to=msg)
+
+
+for _app in _APPS:
+    _app.train()(train)
+    _app.evaluate()(evaluate)

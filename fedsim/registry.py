@@ -28,9 +28,10 @@ class Registry(Generic[T]):
 
     def add(self, name: str, entry: T) -> None:
         key = name.lower()
-        if key in self._entries:
+        old = self._entries.get(key)
+        if old is not None and getattr(old, "__qualname__", None) != getattr(entry, "__qualname__", object()):
             raise ValueError(f"{self.kind} {name!r} is already registered")
-        self._entries[key] = entry
+        self._entries[key] = entry  # the same class again (a script also imported as a module): replace
 
     def get(self, name: str, field: str) -> T:
         key = name.lower() if isinstance(name, str) else name

@@ -83,7 +83,10 @@ def default_out_dir(cfg: Config) -> Path:
 def make_app_ref(cfg: Config) -> tuple[AppRef, dict[str, Any]]:
     """The ClientApp to run and the run_config its Context carries."""
     if cfg.client.app == "fedsim":
-        return AppRef("clients.app:app"), to_run_config(cfg)
+        from strategies.wrappers import CLIENT_MODS
+
+        mod = CLIENT_MODS.get(getattr(cfg.strategy.params, "wrapper", ""), "")
+        return AppRef(f"clients.app:app_{mod}" if mod else "clients.app:app"), to_run_config(cfg)
     return AppRef(cfg.client.app, paths=(os.getcwd(),)), dict(cfg.client.app_config)
 
 

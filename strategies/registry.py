@@ -74,6 +74,11 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "staleness": (lambda v: v in ("constant", "polynomial", "hinge"), "must be one of constant, polynomial, hinge"),
     "staleness_a": (lambda v: v >= 0, "must be >= 0"),
     "staleness_b": (lambda v: v >= 0, "must be >= 0"),
+    "noise_multiplier": (lambda v: v >= 0, "must be >= 0"),
+    "clipping_norm": (lambda v: v > 0, "must be > 0"),
+    "initial_clipping_norm": (lambda v: v > 0, "must be > 0"),
+    "num_sampled_clients": (lambda v: v >= 1, "must be >= 1"),
+    "target_clipped_quantile": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
 }
 
 _SCALARS = (bool, int, float, str)
@@ -83,6 +88,7 @@ def resolve_class(name: str, field: str) -> StrategyFactory:
     """A registered name, or ``package.module:Class`` for a user's own Strategy."""
     if ":" in name:
         module_name, _, attr = name.partition(":")
+        _working_directory_on_path()
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:  # noqa: BLE001 - report any import failure as config error
@@ -97,6 +103,15 @@ def resolve_class(name: str, field: str) -> StrategyFactory:
         return obj
     _load_ours()
     return STRATEGIES.get(name, field)
+
+
+def _working_directory_on_path() -> None:
+    """``module:Class`` paths resolve from the working directory, as Flower's app paths do."""
+    import os
+    import sys
+
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
 
 
 def _hints(factory: Any) -> dict[str, Any]:
@@ -137,8 +152,30 @@ def _parameters(factory: StrategyFactory) -> tuple[dict[str, inspect.Parameter],
 
 
 def resolve_strategy_args(name: str, raw: Mapping[str, Any], path: str) -> "StrategyArgs":
-    factory = resolve_class(name, f"{path}.name")
+    raw = dict(raw)
+    wrapper = raw.pop("wrapper", None)
+    args = _check_args(resolve_class(name, f"{path}.name"), name, raw, path)
+    if wrapper is None:
+        return StrategyArgs(types.MappingProxyType(args))
+    from strategies.wrappers import WRAPPERS
+
+    if isinstance(wrapper, str):
+        wrapper = {"name": wrapper}
+    if not isinstance(wrapper, Mapping) or not isinstance(wrapper.get("name"), str):
+        raise ConfigError(f"{path}.wrapper", wrapper, 'must be a table with "name" (e.g. "dp_server_fixed")')
+    wraw = dict(wrapper)
+    wname = wraw.pop("name").lower()
+    wcls = WRAPPERS.get(wname, f"{path}.wrapper.name")
+    wargs = _check_args(wcls, wname, wraw, f"{path}.wrapper", skip=("strategy",))
+    return StrategyArgs(types.MappingProxyType(args), wrapper=wname,
+                        wrapper_args=types.MappingProxyType(wargs))
+
+
+def _check_args(factory: StrategyFactory, name: str, raw: Mapping[str, Any], path: str,
+                skip: tuple[str, ...] = ()) -> dict[str, Any]:
     params, hints, has_var_kw = _parameters(factory)
+    for k in skip:
+        params.pop(k, None)
     allowed = [n for n, p in params.items() if n not in hints or _configurable(hints[n])]
     args: dict[str, Any] = {}
     for key, value in raw.items():
@@ -160,7 +197,7 @@ def resolve_strategy_args(name: str, raw: Mapping[str, Any], path: str) -> "Stra
     for pname, p in params.items():
         if p.default is inspect.Parameter.empty and pname not in args:
             raise ConfigError(f"{path}.{pname}", None, f"required argument of {name}")
-    return StrategyArgs(types.MappingProxyType(args))
+    return args
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,23 +205,39 @@ class StrategyArgs:
     """Validated constructor arguments (plain data, so configs stay comparable)."""
 
     args: Mapping[str, Any]
+    wrapper: str = ""  # a registered wrapper (strategies.wrappers), or ""
+    wrapper_args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __plain__(self) -> dict[str, Any]:
-        return dict(self.args)
+        out = dict(self.args)
+        if self.wrapper:
+            out["wrapper"] = {"name": self.wrapper, **dict(self.wrapper_args)}
+        return out
 
     def __hash__(self) -> int:
-        return hash(tuple(sorted(self.args.items())))
+        return hash((tuple(sorted(self.args.items())), self.wrapper, tuple(sorted(self.wrapper_args.items()))))
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, StrategyArgs) and dict(self.args) == dict(other.args)
+        return (isinstance(other, StrategyArgs) and dict(self.args) == dict(other.args)
+                and self.wrapper == other.wrapper and dict(self.wrapper_args) == dict(other.wrapper_args))
 
 
 def build_strategy(name: str, args: "StrategyArgs | Mapping[str, Any]") -> Strategy:
     factory = resolve_class(name, "strategy.name")
     kwargs = dict(args.args if isinstance(args, StrategyArgs) else args)
-    strategy = factory(**kwargs)
+    try:
+        strategy = factory(**kwargs)
+    except (ValueError, TypeError) as exc:  # the strategy's own argument checks
+        raise ConfigError("strategy", kwargs, f"{name} refused its arguments: {exc}") from None
     if not isinstance(strategy, Strategy):
         raise ConfigError("strategy.name", name, "did not build a flwr.serverapp.strategy.Strategy")
+    if isinstance(args, StrategyArgs) and args.wrapper:
+        from strategies.wrappers import WRAPPERS
+
+        try:
+            strategy = WRAPPERS.get(args.wrapper, "strategy.wrapper.name")(strategy, **dict(args.wrapper_args))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError("strategy.wrapper", dict(args.wrapper_args), f"{args.wrapper}: {exc}") from None
     return strategy
 
 

@@ -138,3 +138,56 @@ def test_sharing_config_errors(sharing: dict, field: str, fragment: str) -> None
     with pytest.raises(ConfigError) as info:
         tiny_config(data={"sharing": sharing})
     assert str(info.value).startswith(field) and fragment in str(info.value)
+
+
+def test_custom_strategy_example_runs_by_path_and_by_name() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "examples/custom_strategy.py"], cwd=root, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stdout.splitlines() if "final centralized accuracy" in line]
+    assert len(lines) == 2 and lines[0].split()[-1] == lines[1].split()[-1]  # same run either way
+
+
+def test_norm_filter_drops_the_outlier() -> None:
+    from flwr.app import Array, ArrayRecord
+
+    from examples.custom_strategy import NormFilteredFedAvg
+    from tests.test_system import system, toy_grid
+
+    # Toy replies are w + 1 for every client; client 3 is told to return NaN -> excluded by the
+    # grid; to get a big-but-finite outlier use a second array that only the 'value' key moves.
+    grid, _ = toy_grid(5, system(5))
+    strategy = NormFilteredFedAvg(max_ratio=1.5, fraction_train=1.0, fraction_evaluate=0.0)
+    # "value" becomes the partition id: updates' norms are sqrt(2 + pid^2), client 4 is the outlier.
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord({"w": Array(np.zeros(2)),
+                                                                   "value": Array(np.zeros(1))}), num_rounds=1)
+    assert strategy.dropped == 1
+    assert result.arrays["value"].numpy()[0] == pytest.approx((0 * 1 + 1 * 2 + 2 * 3 + 3 * 4) / 10)
+
+
+def test_dp_wrappers_from_toml() -> None:
+    base = {"name": "fedavg", "fraction_train": 1.0, "fraction_evaluate": 0.0}
+    for wrapper in ({"name": "dp_server_fixed", "noise_multiplier": 0.0, "clipping_norm": 0.01, "num_sampled_clients": 6},
+                    {"name": "dp_client_fixed", "noise_multiplier": 0.0, "clipping_norm": 0.01, "num_sampled_clients": 6}):
+        cfg = tiny_config(strategy={**base, "wrapper": wrapper}, run={"rounds": 1})
+        assert fedsim.from_dict(cfg.to_dict()) == cfg
+        res = fedsim.run(cfg, write=False)
+        plain = fedsim.run(cfg.replace(["strategy={}".format("{" + 'name="fedavg", fraction_train=1.0, fraction_evaluate=0.0' + "}")]),
+                           write=False)
+        init = fedsim.run(cfg.replace(["run.rounds=1", 'strategy.wrapper.clipping_norm=1e-12']), write=False)
+        moved = np.sqrt(sum(float(((res.arrays[k].numpy() - init.arrays[k].numpy()) ** 2).sum()) for k in res.arrays))
+        # Clipped updates of norm <= 0.01, no noise: the global model moves at most 0.01.
+        assert moved <= 0.01 + 1e-6, wrapper["name"]
+        assert res.summary["client_failures"] == 0
+        key = next(iter(res.arrays))
+        assert not np.allclose(res.arrays[key].numpy(), plain.arrays[key].numpy())
+    with pytest.raises(ConfigError, match="strategy.wrapper.name = 'dp_magic': unknown strategy wrapper"):
+        tiny_config(strategy={**base, "wrapper": {"name": "dp_magic"}})
+    with pytest.raises(ConfigError, match="strategy.wrapper.clipping_norm = 0.0: must be > 0"):
+        tiny_config(strategy={**base, "wrapper": {"name": "dp_server_fixed", "noise_multiplier": 1.0,
+                                                  "clipping_norm": 0.0, "num_sampled_clients": 3}})

@@ -32,6 +32,11 @@ class AppRef:
 
 
 def load_object(target: str, kind: type, field: str) -> Any:
+    """Import ``module:attribute`` (resolved from the working directory too) and check its type."""
+    import os
+
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)
