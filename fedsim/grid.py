@@ -204,6 +204,7 @@ class SimulationGrid(Grid):
         order = {mid: k for k, mid in enumerate(ids)}
         ready = sorted((i for i in waiting if self._inflight[i][0] <= self.clock.now),
                        key=lambda i: (self._inflight[i][0], order[i]))
+        self._reseed("pulled")
         return [self._inflight.pop(i)[1] for i in ready]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
@@ -218,9 +219,15 @@ class SimulationGrid(Grid):
             out.extend(reply for _, reply in self._exchange(phase, items, timeout=timeout))
         order = {mid: k for k, mid in enumerate(ids)}
         out.sort(key=lambda r: order.get(r.metadata.reply_to_message_id, len(order)))
+        self._reseed("received")
         return out
 
     # ----------------------------------------------------------------- internals
+    def _reseed(self, purpose: str) -> None:
+        """Whatever ClientApps did to the global RNGs in this process (serial executor),
+        the strategy's aggregation (e.g. DP noise) draws from the run seed."""
+        seeding.seed_python_random(self.seed, self._exchanges, purpose)
+
     def partition_id(self, node_id: int) -> int:
         return node_id - NODE_ID_OFFSET
 

@@ -44,5 +44,8 @@ def torch_generator(seed: int, round_: int, client: int, purpose: str) -> torch.
 
 
 def seed_python_random(seed: int, round_: int, purpose: str) -> None:
-    """Seed the global ``random`` module, which Flower's strategies sample nodes with."""
-    random.seed(int_seed(seed, round_, SERVER, purpose))
+    """Seed the global ``random`` and ``numpy.random`` state, which Flower's strategies use
+    (node sampling; the DP wrappers' Gaussian noise)."""
+    value = int_seed(seed, round_, SERVER, purpose)
+    random.seed(value)
+    np.random.seed(value % 2**32)

@@ -125,3 +125,15 @@ def test_our_strategies_are_deterministic_on_both_executors(strategy: dict) -> N
     assert [without_wall(r) for r in serial.history] == [without_wall(r) for r in ray_run.history]
     again = fedsim.run(cfg, write=False)
     assert [without_wall(r) for r in serial.history] == [without_wall(r) for r in again.history]
+
+
+def test_dp_noise_is_seeded_on_both_executors() -> None:
+    cfg = tiny_config(run={"rounds": 2}, strategy={
+        "name": "fedavg", "fraction_train": 1.0, "fraction_evaluate": 0.0,
+        "wrapper": {"name": "dp_server_fixed", "noise_multiplier": 0.5, "clipping_norm": 1.0, "num_sampled_clients": 6}})
+    serial = fedsim.run(cfg, write=False)
+    ray_run = fedsim.run(cfg.replace(["executor.name=ray", "ray.num_actors=2"]), write=False)
+    for key in serial.arrays:
+        assert np.array_equal(serial.arrays[key].numpy(), ray_run.arrays[key].numpy())
+    other = fedsim.run(cfg.replace(["run.seed=99"]), write=False)
+    assert not all(np.array_equal(serial.arrays[k].numpy(), other.arrays[k].numpy()) for k in serial.arrays)
