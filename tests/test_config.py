@@ -133,6 +133,12 @@ def test_malformed_and_missing_toml(tmp_path: Path) -> None:
         ["run", "lossy", "--set", "network.loss.p=1.5"],
         ["run", "stragglers", "--set", "round.deadline=0"],
         ["run", "mobile", "--set", 'devices.availability_trace="missing.csv"'],
+        ["run", "quickstart", "--set", 'strategy={name="fedbuff", buffer_size=0}'],
+        ["run", "quickstart", "--set", 'strategy={name="no_such_module:Strategy"}'],
+        ["run", "quickstart", "--set", 'strategy={name="collections:OrderedDict"}'],
+        ["run", "quickstart", "--set", "data.sharing.beta=2"],
+        ["run", "quickstart", "--set", "data.sharing.beta=0.1", "--set", "data.sharing.alpha=1.5"],
+        ["run", "quickstart", "--set", 'strategy={name="fedprox", proximal_mu=-1}'],
     ],
 )
 def test_cli_reports_one_line_and_exit_2(args: list[str]) -> None:
