@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -20,6 +21,8 @@ from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from torch import nn
 
 from clients import trainer
+from clients.codecs import MARKER, CodecContext, Pipeline, build_pipeline
+from clients.codecs.transport import encode_update, load_state, save_state
 from clients.models import build_model
 from clients.runconfig import from_run_config
 from fedsim import keys, seeding
@@ -38,6 +41,7 @@ class _Runtime:
     config: Config
     data: FederatedData
     model: nn.Module
+    codec: Pipeline
 
 
 @functools.lru_cache(maxsize=4)
@@ -45,7 +49,7 @@ def _runtime_cached(items: tuple[tuple[str, str], ...]) -> _Runtime:
     cfg = from_run_config(dict(items))
     data = federated_data(cfg.data, cfg.run.seed)
     model = build_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes)
-    return _Runtime(config=cfg, data=data, model=model)
+    return _Runtime(config=cfg, data=data, model=model, codec=build_pipeline(cfg.codec))
 
 
 def runtime(context: Context) -> _Runtime:
@@ -111,6 +115,7 @@ def train(msg: Message, context: Context) -> Message:
     _load(rt.model, arrays)
     x, y = rt.data.client_train(cid)
     torch.manual_seed(seeding.int_seed(seed, rnd, cid, "torch"))  # dropout & co. in user models
+    start = time.perf_counter()
     outcome = trainer.train(rt.model, x, y, _settings(rt.config, config),
                             seeding.torch_generator(seed, rnd, cid, "batches"))
     metrics = MetricRecord({
@@ -118,9 +123,18 @@ def train(msg: Message, context: Context) -> Message:
         keys.TRAIN_LOSS: outcome.loss,
         keys.STEPS: outcome.steps,
         keys.EXAMPLES_SEEN: outcome.examples_seen,
+        keys.TRAIN_SECONDS: time.perf_counter() - start,
     })
-    content = RecordDict({akey: ArrayRecord(rt.model.state_dict()), keys.METRICS: metrics})
-    return Message(content, reply_to=msg)
+    if not rt.codec:
+        content = RecordDict({akey: ArrayRecord(rt.model.state_dict()), keys.METRICS: metrics})
+        return Message(content, reply_to=msg)
+    new = {k: v.detach().cpu().numpy() for k, v in rt.model.state_dict().items()}
+    received = {k: a.numpy() for k, a in arrays.items()}
+    state = load_state(context.state)
+    record, marker, seconds = encode_update(rt.codec, new, received, CodecContext(seed, rnd, cid, state))
+    save_state(context.state, state)
+    metrics[keys.ENCODE_SECONDS] = seconds
+    return Message(RecordDict({akey: record, keys.METRICS: metrics, MARKER: marker}), reply_to=msg)
 
 
 def evaluate(msg: Message, context: Context) -> Message:

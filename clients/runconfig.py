@@ -25,6 +25,8 @@ def _literal(value: Any) -> str:
         return json.dumps(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_literal(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_literal(v)}" for k, v in value.items() if v is not None) + "}"
     raise TypeError(f"cannot encode {value!r}")
 
 
@@ -43,6 +45,8 @@ def to_run_config(cfg: Config) -> dict[str, str]:
     plain = cfg.to_dict()
     for section in ("run", "data", "model", "client", "strategy"):
         _flatten(section, plain[section], out)
+    if plain.get("codec"):
+        out["codec"] = _literal(plain["codec"])
     return out
 
 

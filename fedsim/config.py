@@ -17,7 +17,7 @@ from typing import Any
 
 from fedsim.errors import ConfigError
 from fedsim.policies import RoundSection
-from fedsim.schema import Named, named, option, parse, to_plain
+from fedsim.schema import Named, named, named_list, option, parse, to_plain
 from scenarios.devices import DevicesSection
 from scenarios.network import NetworkSection
 
@@ -122,6 +122,7 @@ class Config:
     devices: DevicesSection = DevicesSection()
     network: NetworkSection = NetworkSection()
     round: RoundSection = RoundSection()
+    codec: tuple[Named, ...] = named_list("codec", "clients.codecs:resolve_codec", "clients.codecs:check_chain")
     executor: ExecutorSection = ExecutorSection()
     ray: RaySection = RaySection()
     report: ReportSection = ReportSection()

@@ -24,6 +24,8 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from clients.codecs import CodecContext, Pipeline
+from clients.codecs.transport import decode_reply, is_encoded
 from fedsim import keys, seeding
 from fedsim.clock import VirtualClock
 from fedsim.executors.base import Executor, Task, TaskResult, error_reply
@@ -75,6 +77,7 @@ class Exchange:
     bit_flips: int = 0
     over_selected: int = 0  # extra clients sampled by the over_select policy
     partial: int = 0  # stragglers told to do fewer local epochs (FedProx's protocol)
+    decode_seconds: float = 0.0  # wall seconds decoding codec payloads
 
 
 def array_bytes(content: RecordDict) -> int:
@@ -112,11 +115,14 @@ class SimulationGrid(Grid):
     """A Flower Grid over ``num_nodes`` simulated clients run by ``executor``."""
 
     def __init__(self, num_nodes: int, executor: Executor, *, seed: int = 0, run_id: int | None = None,
-                 observer: Callable[[Exchange], None] | None = None, system: SystemModel | None = None) -> None:
+                 observer: Callable[[Exchange], None] | None = None, system: SystemModel | None = None,
+                 codec: Pipeline | None = None) -> None:
         if num_nodes < 1:
             raise ValueError("a grid needs at least one node")
         self.seed = seed
         self.system = system if system is not None else SystemModel.default(num_nodes, seed)
+        self.codec = codec if codec else None  # decodes replies that carry an encoded payload
+        self._codec_state: dict[int, dict[str, np.ndarray]] = {}  # per client (e.g. EF21's g)
         self.clock = VirtualClock()
         self.executor = executor
         self.observer = observer
@@ -325,7 +331,8 @@ class SimulationGrid(Grid):
             unavailable=c.get(UNAVAILABLE, 0), model_lost=c.get(MODEL_LOST, 0), reply_lost=c.get(REPLY_LOST, 0),
             corrupted=c.get("corrupted", 0), retransmissions=c.get("retransmissions", 0),
             packets_lost=c.get("packets_lost", 0), packets_lost_for_good=c.get("packets_lost_for_good", 0),
-            bit_flips=c.get("bit_flips", 0), over_selected=extra, partial=c.get("partial", 0)))
+            bit_flips=c.get("bit_flips", 0), over_selected=extra, partial=c.get("partial", 0),
+            decode_seconds=sim.decode_seconds))
 
     def _simulate(self, phase: str, rnd: int, items: list[tuple[str, Message]], starts: list[float],
                   deadline: float | None, policy: str) -> "_Simulated":
@@ -387,7 +394,7 @@ class SimulationGrid(Grid):
             dispatches = [dispatches[i] for i in keep_idx]
             purposes = [purposes[i] for i in keep_idx]
         results = self._run_in_waves(tasks)
-        seconds = 0.0
+        seconds = decode_seconds = 0.0
         for slot, task, d, purpose, res in zip(task_slots, tasks, dispatches, purposes, results):
             seconds += res.seconds
             cid = self.partition_id(task.node_id)
@@ -408,7 +415,16 @@ class SimulationGrid(Grid):
                 _add(counts, REPLY_LOST, 1)
                 continue
             reply = a.reply
-            if a.status == OK and reply is not None and reply.has_content() and a.bit_flips:
+            if a.status == OK and reply is not None and self.codec and is_encoded(reply):
+                t0 = time.perf_counter()
+                try:
+                    ctx = CodecContext(self.seed, rnd, cid, self._codec_state.setdefault(cid, {}))
+                    reply = decode_reply(self.codec, reply, task.message, ctx)
+                except Exception as exc:  # noqa: BLE001 - a damaged payload must not stop the run
+                    a.reason = f"reply excluded: payload could not be decoded ({type(exc).__name__}: {exc})"
+                    reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, a.reason)
+                decode_seconds += time.perf_counter() - t0
+            if a.status == OK and reply is not None and reply.has_content() and (a.bit_flips or self.codec):
                 bad = non_finite(reply.content)
                 if bad is not None:
                     a.reason = f"reply excluded: corrupted in transit ({a.bit_flips} bit flips; non-finite {bad})"
@@ -418,7 +434,7 @@ class SimulationGrid(Grid):
             replies[slot] = reply
             arrivals[slot] = a.arrival
 
-        return _Simulated(arrivals, replies, counts, bytes_down, bytes_up, seconds)
+        return _Simulated(arrivals, replies, counts, bytes_down, bytes_up, seconds, decode_seconds)
 
     def _run_in_waves(self, tasks: list[Task]) -> list[TaskResult]:
         """Run tasks; several messages for one node run one after another, as on a SuperNode.
@@ -453,6 +469,7 @@ class _Simulated:
     bytes_down: int
     bytes_up: int
     seconds: float  # wall seconds inside ClientApps
+    decode_seconds: float = 0.0  # wall seconds decoding payloads on the server side
 
 
 def _add(counts: dict[str, int], key: str, n: int) -> None:

@@ -11,7 +11,7 @@ from fedsim.clock import VirtualClock
 from fedsim.grid import Exchange, weighted_metric
 
 #: Record fields that hold wall-clock measurements (everything else is deterministic).
-WALL_FIELDS = ("wall_round_s", "wall_total_s", "wall_client_s")
+WALL_FIELDS = ("wall_round_s", "wall_total_s", "wall_client_s", "wall_train_s", "wall_encode_s", "wall_decode_s")
 
 #: Per-round sums of the simulated system's events (see `fedsim.grid.Exchange`): what
 #: happened to the clients sampled for training, and to all traffic (training and evaluation).
@@ -87,6 +87,9 @@ class Recorder:
             "wall_round_s": now - self._t_last,
             "wall_total_s": now - self._t0,
             "wall_client_s": sum(e.client_seconds for e in exs),
+            "wall_train_s": metric_sum(train_replies, keys.TRAIN_SECONDS),
+            "wall_encode_s": metric_sum(train_replies, keys.ENCODE_SECONDS),
+            "wall_decode_s": sum(e.decode_seconds for e in exs),
         }
         record.update(self.pending)
         self.pending = {}
@@ -101,6 +104,18 @@ class Recorder:
         """Close whatever is still open (the last round of an auto-closed run)."""
         if self._open:
             self.close_round(self._open[-1].round)
+
+
+def metric_sum(replies: Any, name: str) -> float:
+    total = 0.0
+    for reply in replies:
+        if reply.has_error():
+            continue
+        for rec in reply.content.metric_records.values():
+            value = rec.get(name)
+            if isinstance(value, (int, float)):
+                total += float(value)
+    return total
 
 
 def without_wall(record: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp.strategy import Result
 
+from clients.codecs import build_pipeline
 from clients.models import build_model, init_model
 from clients.runconfig import to_run_config
 from clients.trainer import evaluate
@@ -132,7 +133,8 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
         executor = make_executor(cfg.executor.name, **_executor_kwargs(cfg))
         system = SystemModel(cfg.devices, cfg.network, cfg.round, cfg.data.num_clients, seed,
                              local_epochs=cfg.client.local_epochs)
-        grid = SimulationGrid(cfg.data.num_clients, executor, seed=seed, observer=recorder.on_exchange, system=system)
+        grid = SimulationGrid(cfg.data.num_clients, executor, seed=seed, observer=recorder.on_exchange, system=system,
+                              codec=build_pipeline(cfg.codec))
         recorder.clock = grid.clock
         executor.start(app_ref, grid.run.run_id, run_config)
 

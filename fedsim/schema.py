@@ -54,6 +54,28 @@ def named(kind: str, resolver: str, default: Any = dataclasses.MISSING) -> Any:
     return dataclasses.field(default=default, metadata={"named": kind, "resolver": resolver})
 
 
+def named_list(kind: str, resolver: str, check: str | None = None) -> Any:
+    """A field holding a list of registry choices (TOML ``[[section]]`` tables), default empty.
+
+    ``check`` (``"module:function"``) validates the whole list, e.g. its order."""
+    return dataclasses.field(default=(), metadata={"named": kind, "resolver": resolver, "list": True,
+                                                   "check": check})
+
+
+def _parse_named_list(path: str, value: Any, meta: Mapping[str, Any]) -> tuple[Named, ...]:
+    import importlib
+
+    if isinstance(value, (Mapping, str)):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(path, value, f"must be a list of {meta['named']} tables")
+    out = tuple(_parse_named(f"{path}[{i}]", item, meta) for i, item in enumerate(value))
+    if meta.get("check"):
+        module, func = meta["check"].split(":")
+        getattr(importlib.import_module(module), func)(out, path)
+    return out
+
+
 def _parse_named(path: str, value: Any, meta: Mapping[str, Any], default: Any = dataclasses.MISSING) -> Named:
     import importlib
 
@@ -186,6 +208,9 @@ def parse(cls: type[T], data: Any, path: str) -> T:
     values: dict[str, Any] = {}
     for name, f in fields.items():
         fpath = f"{path}.{name}" if path else name
+        if f.metadata.get("list"):
+            values[name] = _parse_named_list(fpath, data[name], f.metadata) if name in data else ()
+            continue
         if f.metadata.get("named"):
             if name in data:
                 values[name] = _parse_named(fpath, data[name], f.metadata, f.default)

@@ -1,0 +1,17 @@
+"""Update codecs (quantizers, sparsifiers with error feedback), chainable. See `base`."""
+
+from clients.codecs import quantize, sparsify  # noqa: F401  (registration)
+from clients.codecs.base import (
+    CODECS,
+    MARKER,
+    Codec,
+    CodecContext,
+    Pipeline,
+    build_pipeline,
+    check_chain,
+    register_codec,
+    resolve_codec,
+)
+
+__all__ = ["CODECS", "MARKER", "Codec", "CodecContext", "Pipeline", "build_pipeline", "check_chain",
+           "register_codec", "resolve_codec"]
