@@ -20,7 +20,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from torch import nn
 
-from clients import trainer
+from clients import lora, trainer
 from clients.codecs import MARKER, CodecContext, Pipeline, build_pipeline
 from clients.codecs.transport import encode_update, load_state, save_state
 from clients.models import build_model
@@ -42,14 +42,19 @@ class _Runtime:
     data: FederatedData
     model: nn.Module
     codec: Pipeline
+    lora: bool = False
 
 
 @functools.lru_cache(maxsize=4)
 def _runtime_cached(items: tuple[tuple[str, str], ...]) -> _Runtime:
     cfg = from_run_config(dict(items))
     data = federated_data(cfg.data, cfg.run.seed)
-    model = build_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes)
-    return _Runtime(config=cfg, data=data, model=model, codec=build_pipeline(cfg.codec))
+    spec = lora.lora_params(cfg.codec)
+    if spec is not None:  # LoRA-only: the frozen base, the same in every process, with adapters
+        model = lora.wrap(lora.build_base(cfg, data, spec), spec, cfg.run.seed)
+    else:
+        model = build_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes)
+    return _Runtime(config=cfg, data=data, model=model, codec=build_pipeline(cfg.codec), lora=spec is not None)
 
 
 def runtime(context: Context) -> _Runtime:
@@ -102,8 +107,16 @@ def steps_within_budget(config: ConfigRecord, batch_size: int) -> int:
     return max(1, int(budget / spp) // batch_size)
 
 
-def _load(model: nn.Module, arrays: ArrayRecord) -> None:
-    model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+def _load(rt: "_Runtime", arrays: ArrayRecord) -> None:
+    if rt.lora:
+        lora.load_trainable(rt.model, arrays)
+    else:
+        rt.model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+
+
+def _state(rt: "_Runtime") -> dict[str, torch.Tensor]:
+    """What goes back: the whole model, or the trainable adapters in LoRA mode."""
+    return lora.trainable_state(rt.model) if rt.lora else rt.model.state_dict()
 
 
 def train(msg: Message, context: Context) -> Message:
@@ -112,7 +125,7 @@ def train(msg: Message, context: Context) -> Message:
     akey, arrays, _, config = _records(msg)
     rnd = _round(msg, config)
     seed = rt.config.run.seed
-    _load(rt.model, arrays)
+    _load(rt, arrays)
     x, y = rt.data.client_train(cid)
     torch.manual_seed(seeding.int_seed(seed, rnd, cid, "torch"))  # dropout & co. in user models
     start = time.perf_counter()
@@ -126,9 +139,9 @@ def train(msg: Message, context: Context) -> Message:
         keys.TRAIN_SECONDS: time.perf_counter() - start,
     })
     if not rt.codec:
-        content = RecordDict({akey: ArrayRecord(rt.model.state_dict()), keys.METRICS: metrics})
+        content = RecordDict({akey: ArrayRecord(_state(rt)), keys.METRICS: metrics})
         return Message(content, reply_to=msg)
-    new = {k: v.detach().cpu().numpy() for k, v in rt.model.state_dict().items()}
+    new = {k: v.detach().cpu().numpy() for k, v in _state(rt).items()}
     received = {k: a.numpy() for k, a in arrays.items()}
     state = load_state(context.state)
     record, marker, seconds = encode_update(rt.codec, new, received, CodecContext(seed, rnd, cid, state))
@@ -141,7 +154,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     rt = runtime(context)
     cid = int(context.node_config[keys.PARTITION_ID])
     _, arrays, _, _ = _records(msg)
-    _load(rt.model, arrays)
+    _load(rt, arrays)
     x, y = rt.data.client_test(cid)
     loss, acc = trainer.evaluate(rt.model, x, y)
     metrics = MetricRecord({

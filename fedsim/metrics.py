@@ -39,6 +39,8 @@ class Recorder:
         self.clock: VirtualClock | None = None  # the grid's, for the cumulative virtual time
         self._v_last = 0.0
         self.pending: dict[str, Any] = {}  # merged into the next record only (e.g. round 0's bytes_shared)
+        #: Extra per-round fields computed from the round's training replies.
+        self.train_metrics: list[Callable[[list[Any]], dict[str, Any]]] = []
 
     def on_exchange(self, exchange: Exchange) -> None:
         if self.auto_close and self._open and exchange.round > self._open[-1].round:
@@ -91,6 +93,8 @@ class Recorder:
             "wall_encode_s": metric_sum(train_replies, keys.ENCODE_SECONDS),
             "wall_decode_s": sum(e.decode_seconds for e in exs),
         }
+        for fn in self.train_metrics:
+            record.update(fn(train_replies))
         record.update(self.pending)
         self.pending = {}
         self._t_last = now

@@ -15,6 +15,7 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp.strategy import Result
 
+from clients import lora
 from clients.codecs import build_pipeline
 from clients.models import build_model, init_model
 from clients.runconfig import to_run_config
@@ -106,11 +107,16 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
 
     with flower_log_level(cfg.report.flower_logs), torch_threads(cfg.client.threads):
         data = federated_data(cfg.data, seed)  # validates partitions before anything starts
-        model = init_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes, seed)
-        if cfg.data.sharing.enabled and cfg.data.sharing.warmup_epochs > 0:
-            warm_up(model, data, cfg)
-        initial = ArrayRecord(model.state_dict())
-        server_model = build_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes)
+        spec = lora.lora_params(cfg.codec)
+        if spec is not None:  # LoRA-only: the global arrays are the adapters
+            server_model = lora.wrap(lora.build_base(cfg, data, spec), spec, seed)
+            initial = ArrayRecord(lora.trainable_state(server_model))
+        else:
+            model = init_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes, seed)
+            if cfg.data.sharing.enabled and cfg.data.sharing.warmup_epochs > 0:
+                warm_up(model, data, cfg)
+            initial = ArrayRecord(model.state_dict())
+            server_model = build_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes)
         with flower_log_level(cfg.report.flower_logs, quiet=logging.ERROR):  # e.g. "fraction_evaluate is 0"
             strategy = build_strategy(cfg.strategy.name, cfg.strategy.params)
         app_ref, run_config = make_app_ref(cfg)
@@ -128,6 +134,8 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
             progress.update(record)
 
         recorder = Recorder(on_record=on_record)
+        if spec is not None and spec.mode == "fedit":
+            recorder.train_metrics.append(lambda replies: {"lora_aggregation_error": lora.aggregation_error(replies)})
         # The one-time distribution of the shared set is charged to round 0.
         recorder.pending["bytes_shared"] = data.shared_bytes()
         executor = make_executor(cfg.executor.name, **_executor_kwargs(cfg))
@@ -142,7 +150,10 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
             due = server_round % cfg.server.eval_every == 0 or server_round == cfg.run.rounds
             central = None
             if cfg.server.centralized_eval and due:
-                server_model.load_state_dict(arrays.to_torch_state_dict())
+                if spec is not None:
+                    lora.load_trainable(server_model, arrays)
+                else:
+                    server_model.load_state_dict(arrays.to_torch_state_dict())
                 central = evaluate(server_model, data.server_x, data.server_y)
             extra = getattr(strategy, "round_metrics", None)  # e.g. FedBuff's staleness statistics
             if isinstance(extra, dict) and server_round > 0:

@@ -137,3 +137,17 @@ def test_dp_noise_is_seeded_on_both_executors() -> None:
         assert np.array_equal(serial.arrays[key].numpy(), ray_run.arrays[key].numpy())
     other = fedsim.run(cfg.replace(["run.seed=99"]), write=False)
     assert not all(np.array_equal(serial.arrays[k].numpy(), other.arrays[k].numpy()) for k in serial.arrays)
+
+
+@pytest.mark.parametrize("chain", [
+    [{"name": "topk", "k": 0.05, "error_feedback": "classic"}, {"name": "qsgd", "bits": 4}],
+    [{"name": "topk", "k": 0.05, "error_feedback": "ef21"}],
+    [{"name": "lora", "rank": 4}, {"name": "int8"}],
+])
+def test_codecs_are_deterministic_on_both_executors(chain: list) -> None:
+    base = tiny_config(run={"rounds": 3}, data={"sharing": {"beta": 0.1}},
+                       strategy={"name": "fedavg", "fraction_train": 0.5, "fraction_evaluate": 0.0})
+    cfg = fedsim.from_dict({**base.to_dict(), "codec": chain})
+    serial = fedsim.run(cfg, write=False)
+    ray_run = fedsim.run(cfg.replace(["executor.name=ray", "ray.num_actors=2"]), write=False)
+    assert [without_wall(r) for r in serial.history] == [without_wall(r) for r in ray_run.history]

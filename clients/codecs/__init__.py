@@ -15,3 +15,5 @@ from clients.codecs.base import (
 
 __all__ = ["CODECS", "MARKER", "Codec", "CodecContext", "Pipeline", "build_pipeline", "check_chain",
            "register_codec", "resolve_codec"]
+
+from clients import lora  # noqa: E402,F401  (registers "lora"; peft is imported only when used)

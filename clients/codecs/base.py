@@ -37,6 +37,8 @@ def register_codec(name: str, params: type) -> Callable[[type], type]:
 
 
 def resolve_codec(name: str, raw: Mapping[str, Any], path: str) -> Any:
+    import clients.codecs  # noqa: F401  (registers every codec, "lora" included)
+
     return CODECS.resolve_params(name, raw, path)
 
 

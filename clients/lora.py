@@ -1,0 +1,176 @@
+"""LoRA-only updates (Hu et al. 2021) via the ``peft`` library.
+
+Named as the first element of the codec chain: ``[[codec]] name = "lora"``. The base
+model is frozen and known to every client: the seeded initial model (``base = "init"``),
+that model trained on the server's shared set G (``base = "warmup"``, needs
+``[data.sharing]``; every process recomputes it, identically), or a checkpoint
+(``.safetensors``, or a torch state dict loaded with ``weights_only=True``). Only the
+adapters are global arrays; clients train and send only them (and the rest of the codec
+chain compresses their deltas). Two aggregation modes:
+
+- ``fedit`` (Zhang et al. 2024): A and B are averaged separately, so the aggregate
+  ``mean(B) mean(A)`` differs from ``mean(B A)``; `aggregation_error` measures
+  ``sum over layers ||mean(B_k A_k) - mean(B_k) mean(A_k)||_F`` each round.
+- ``ffa`` (FFA-LoRA, Sun et al. 2024): A is frozen at a shared random init and only B is
+  trained and sent, so averaging B is exact.
+
+Evaluation runs the adapted model (base + scaling * B A, what ``merge_and_unload`` gives).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Message
+from torch import nn
+
+from clients.codecs.base import Codec, register_codec
+from fedsim import keys, seeding
+from fedsim.errors import ConfigError
+from fedsim.schema import option
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraParams:
+    rank: int = option(4, ge=1, le=65536)
+    alpha: float = option(8.0, gt=0.0, doc="scaling = alpha / rank")
+    dropout: float = option(0.0, ge=0.0, lt=1.0)
+    target_modules: tuple[str, ...] = option(("all",), doc='module names, or "all": every Linear and Conv2d')
+    mode: str = option("fedit", choices=("fedit", "ffa"))
+    base: str = option("warmup", doc='"warmup", "init", or a checkpoint path')
+    base_epochs: int = option(20, ge=1, le=100_000, doc="warm-up epochs on G for base = warmup")
+
+
+@register_codec("lora", LoraParams)
+class LoraEntry(Codec):
+    """Registered so the chain validates; LoRA changes the model, not the payload."""
+
+    name = "lora"
+
+
+def lora_params(chain: Sequence[Any]) -> LoraParams | None:
+    return chain[0].params if chain and chain[0].name == "lora" else None
+
+
+FIELD = "codec[0]"
+
+
+def build_base(cfg: Any, data: Any, params: LoraParams) -> nn.Module:
+    """The frozen base model, identical in every process."""
+    from clients import trainer
+    from clients.models import init_model
+
+    seed = cfg.run.seed
+    model = init_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes, seed)
+    if params.base == "init":
+        return model
+    if params.base == "warmup":
+        if not cfg.data.sharing.enabled:
+            raise ConfigError(f"{FIELD}.base", "warmup", "needs [data.sharing] (the server's shared set G)")
+        x, y = data.shared()
+        settings = trainer.TrainSettings(epochs=params.base_epochs, batch_size=cfg.client.batch_size,
+                                         lr=cfg.client.lr, momentum=cfg.client.momentum)
+        with torch.random.fork_rng(devices=[]):
+            trainer.train(model, x, y, settings, seeding.torch_generator(seed, 0, seeding.SERVER, "lora-base"))
+        return model
+    model.load_state_dict(load_checkpoint(params.base, model), strict=True)
+    return model
+
+
+def load_checkpoint(path: str, model: nn.Module) -> dict[str, torch.Tensor]:
+    """A state dict read without running pickled code; checked against ``model``."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"{FIELD}.base", path, 'checkpoint not found (or use "init" / "warmup")')
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a config error
+        raise ConfigError(f"{FIELD}.base", path, f"unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"{FIELD}.base", path, "is not a state dict")
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if want != got:
+        diff = sorted(set(want) ^ set(got)) or [k for k in want if want[k] != got.get(k)]
+        raise ConfigError(f"{FIELD}.base", path, f"does not match the model (first difference: {diff[:2]})")
+    return state
+
+
+def _targets(model: nn.Module, params: LoraParams) -> list[str]:
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    names = list(layers) if params.target_modules == ("all",) else list(params.target_modules)
+    for name in names:
+        if name not in layers:
+            raise ConfigError(f"{FIELD}.target_modules", list(params.target_modules),
+                              f"{name!r} matches no Linear/Conv2d layer; the model has: {', '.join(layers)}")
+        m = layers[name]
+        width = min(m.in_features, m.out_features) if isinstance(m, nn.Linear) else min(m.in_channels, m.out_channels)
+        if params.rank >= width:
+            raise ConfigError(f"{FIELD}.rank", params.rank, f"must be < the width of layer {name!r} ({width})")
+    return names
+
+
+def wrap(model: nn.Module, params: LoraParams, seed: int) -> nn.Module:
+    """The base frozen, adapters injected with a seeded (shared) initialization."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=params.rank, lora_alpha=params.alpha, lora_dropout=params.dropout,
+                        target_modules=_targets(model, params))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seeding.int_seed(seed, 0, seeding.SERVER, "lora-init"))
+        peft_model = get_peft_model(model, config)
+    if params.mode == "ffa":
+        for name, p in peft_model.named_parameters():
+            if "lora_A" in name:
+                p.requires_grad_(False)
+    return peft_model
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The global arrays in LoRA mode: the trainable adapter parameters."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model: nn.Module, arrays: Any) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for key, arr in arrays.items():
+            if key not in params:
+                raise ValueError(f"{key!r} is not a parameter of the adapted model")
+            params[key].copy_(torch.from_numpy(np.asarray(arr.numpy())))
+
+
+def aggregation_error(replies: Sequence[Message]) -> float | None:
+    """FedIT's error: sum over layers of ||mean(B_k A_k) - mean(B_k) mean(A_k)||_F, weighted by num-examples."""
+    layers: dict[str, list[tuple[float, np.ndarray, np.ndarray]]] = {}
+    for reply in replies:
+        if reply.has_error():
+            continue
+        arrays = {k: a.numpy() for rec in reply.content.array_records.values() for k, a in rec.items()}
+        metrics = next(iter(reply.content.metric_records.values()), {})
+        w = float(metrics.get(keys.NUM_EXAMPLES, 1.0))
+        for key, a in arrays.items():
+            if ".lora_A." in key:
+                b = arrays.get(key.replace(".lora_A.", ".lora_B."))
+                if b is not None:
+                    layers.setdefault(key, []).append((w, a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)))
+    if not layers:
+        return None
+    total = 0.0
+    for items in layers.values():
+        weights = np.array([w for w, _, _ in items])
+        p = weights / weights.sum()
+        mean_ba = sum(pk * (b @ a) for pk, (_, a, b) in zip(p, items))
+        mean_a = sum(pk * a for pk, (_, a, _) in zip(p, items))
+        mean_b = sum(pk * b for pk, (_, _, b) in zip(p, items))
+        total += float(np.linalg.norm(mean_ba - mean_b @ mean_a))
+    return total
