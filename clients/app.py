@@ -92,6 +92,8 @@ def _settings(cfg: Config, config: ConfigRecord) -> trainer.TrainSettings:
         weight_decay=c.weight_decay,
         proximal_mu=float(config.get(keys.PROXIMAL_MU, 0.0)),
         max_steps=steps_within_budget(config, batch_size),
+        grad_bits=c.grad_bits,
+        autocast=c.autocast,
     )
 
 

@@ -41,6 +41,7 @@ class LoraParams:
     alpha: float = option(8.0, gt=0.0, doc="scaling = alpha / rank")
     dropout: float = option(0.0, ge=0.0, lt=1.0)
     target_modules: tuple[str, ...] = option(("all",), doc='module names, or "all": every Linear and Conv2d')
+    full_modules: tuple[str, ...] = option((), doc="modules trained and sent in full (e.g. the classifier head)")
     mode: str = option("fedit", choices=("fedit", "ffa"))
     base: str = option("warmup", doc='"warmup", "init", or a checkpoint path')
     base_epochs: int = option(20, ge=1, le=100_000, doc="warm-up epochs on G for base = warmup")
@@ -123,8 +124,12 @@ def wrap(model: nn.Module, params: LoraParams, seed: int) -> nn.Module:
     """The base frozen, adapters injected with a seeded (shared) initialization."""
     from peft import LoraConfig, get_peft_model
 
+    names = dict(model.named_modules())
+    for name in params.full_modules:
+        if name not in names or name == "":
+            raise ConfigError(f"{FIELD}.full_modules", list(params.full_modules), f"{name!r} is not a module of the model")
     config = LoraConfig(r=params.rank, lora_alpha=params.alpha, lora_dropout=params.dropout,
-                        target_modules=_targets(model, params))
+                        target_modules=_targets(model, params), modules_to_save=list(params.full_modules) or None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seeding.int_seed(seed, 0, seeding.SERVER, "lora-init"))
         peft_model = get_peft_model(model, config)

@@ -20,6 +20,8 @@ class TrainSettings:
     weight_decay: float = 0.0
     proximal_mu: float = 0.0  # FedProx: adds (mu/2)*||w - w_global||^2
     max_steps: int = 0  # > 0: stop after this many steps (partial work within a time budget)
+    grad_bits: int = 0  # > 0: DoReFa-style stochastic k-bit quantization of every gradient
+    autocast: str = "none"  # "bf16": forward passes under torch.autocast(bfloat16)
 
     def total_steps(self, n: int) -> int:
         if n == 0:
@@ -43,9 +45,22 @@ def proximal_term(model: nn.Module, global_params: list[torch.Tensor]) -> torch.
     return total
 
 
+def quantize_gradient(g: torch.Tensor, bits: int, generator: torch.Generator) -> torch.Tensor:
+    """DoReFa-Net's gradient quantizer (Zhou et al. 2016), unbiased stochastic rounding:
+    2m * (Q_k(g / 2m + 1/2 + noise) - 1/2), m = max|g|, noise ~ U(-1/2, 1/2) / (2^k - 1)."""
+    m = g.abs().max()
+    if m == 0:
+        return g
+    levels = 2**bits - 1
+    x = g / (2 * m) + 0.5
+    noise = (torch.rand(g.shape, generator=generator, dtype=g.dtype) - 0.5) / levels
+    q = torch.round((x + noise).clamp(0, 1) * levels) / levels
+    return 2 * m * (q - 0.5)
+
+
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings,
           generator: torch.Generator) -> TrainOutcome:
-    """Mini-batch SGD; batches are drawn with ``generator`` (so they are reproducible)."""
+    """Mini-batch SGD; batches (and gradient quantization noise) are drawn with ``generator``."""
     n = len(x)
     total = settings.total_steps(n)
     if total == 0:
@@ -67,9 +82,19 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSet
         pos += settings.batch_size
         xb, yb = x[idx], y[idx]
         opt.zero_grad(set_to_none=True)
-        ce = F.cross_entropy(model(xb), yb)
+        if settings.autocast == "bf16":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = model(xb)
+            ce = F.cross_entropy(logits.float(), yb)
+        else:
+            ce = F.cross_entropy(model(xb), yb)
         loss = ce + (settings.proximal_mu / 2) * proximal_term(model, global_params) if global_params else ce
         loss.backward()
+        if settings.grad_bits:
+            with torch.no_grad():
+                for p in model.parameters():
+                    if p.grad is not None:
+                        p.grad.copy_(quantize_gradient(p.grad, settings.grad_bits, generator))
         opt.step()
         loss_sum += ce.detach().double() * len(idx)
         seen += len(idx)

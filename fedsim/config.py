@@ -67,6 +67,8 @@ class ClientSection:
     momentum: float = option(0.0, ge=0.0, lt=1.0)
     weight_decay: float = option(0.0, ge=0.0, le=1e6)
     threads: int = option(1, ge=1, le=1024, doc="torch threads per client process")
+    grad_bits: int = option(0, ge=0, le=16, doc="quantized local training: k-bit stochastic gradients (0 = off)")
+    autocast: str = option("none", choices=("none", "bf16"), doc="bf16 autocast for local training")
     app_config: Mapping[str, Any] = dataclasses.field(default_factory=dict,
                                                      metadata={"doc": "run_config for a user ClientApp"})
 

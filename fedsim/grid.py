@@ -29,6 +29,7 @@ from clients.codecs.transport import decode_reply, is_encoded
 from fedsim import keys, seeding
 from fedsim.clock import VirtualClock
 from fedsim.executors.base import Executor, Task, TaskResult, error_reply
+from fedsim.payload import implausible
 from fedsim.policies import select
 from fedsim.system import DROPOUT, MODEL_LOST, OK, REPLY_LOST, UNAVAILABLE, Dispatch, SystemModel, overcommit_nodes
 
@@ -426,8 +427,10 @@ class SimulationGrid(Grid):
                 decode_seconds += time.perf_counter() - t0
             if a.status == OK and reply is not None and reply.has_content() and (a.bit_flips or self.codec):
                 bad = non_finite(reply.content)
+                if bad is None and a.bit_flips:  # e.g. a flipped exponent in an encoded scale
+                    bad = implausible(reply.content, task.message.content, system.net.corruption_threshold)
                 if bad is not None:
-                    a.reason = f"reply excluded: corrupted in transit ({a.bit_flips} bit flips; non-finite {bad})"
+                    a.reason = f"reply excluded: corrupted in transit ({a.bit_flips} bit flips; implausible {bad})"
                     reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, a.reason)
             if a.reason:
                 _add(counts, "corrupted", 1)

@@ -104,8 +104,9 @@ def fill_missing(content: RecordDict, missing: dict[tuple[str, str], np.ndarray]
 
 
 def flip_bits(content: RecordDict, ber: float, rng: np.random.Generator) -> tuple[RecordDict, int]:
-    """Flip each value bit of the float arrays with probability ``ber``; returns (content, flips)."""
-    segs = [s for s in layout(content) if s.itemsize and _is_float(content, s)]
+    """Flip each value bit of the float arrays (and of raw byte payloads, e.g. encoded
+    updates) with probability ``ber``; returns (content, flips)."""
+    segs = [s for s in layout(content) if s.itemsize and _flippable(content, s)]
     bits = np.array([s.count * s.itemsize * 8 for s in segs], dtype=np.int64)
     total = int(bits.sum())
     flips = int(rng.binomial(total, ber)) if total else 0
@@ -134,8 +135,9 @@ def flip_bits(content: RecordDict, ber: float, rng: np.random.Generator) -> tupl
     return out, flips
 
 
-def _is_float(content: RecordDict, seg: Segment) -> bool:
-    return np.dtype(content.array_records[seg.record][seg.key].dtype).kind == "f"
+def _flippable(content: RecordDict, seg: Segment) -> bool:
+    dt = np.dtype(content.array_records[seg.record][seg.key].dtype)
+    return dt.kind == "f" or dt == np.uint8
 
 
 def implausible(content: RecordDict, reference: RecordDict, threshold: float) -> str | None:

@@ -196,3 +196,31 @@ def test_codec_config_errors(chain: list, fragment: str) -> None:
     with pytest.raises(ConfigError) as info:
         fedsim.from_dict({**tiny_config().to_dict(), "codec": chain})
     assert str(info.value).startswith(fragment)
+
+
+def test_framed_payload_is_one_array_of_exactly_the_packed_parts() -> None:
+    from clients.codecs.transport import PAYLOAD, encode_update, frame, unframe
+
+    p = build_pipeline([codec("qsgd", bits=2, bucket=100)])
+    record, marker, _ = encode_update(p, {k: v + 1 for k, v in X.items() if v.dtype.kind == "f"},
+                                      {k: v for k, v in X.items() if v.dtype.kind == "f"}, CodecContext(0, 1, 0, {}))
+    assert list(record) == [PAYLOAD] and marker["chain"] == "qsgd"
+    parts = unframe(record[PAYLOAD].numpy())
+    packed = sum(v.nbytes for v in parts.values())
+    assert packed == -(-6400 * 2 // 8) + 64 * 4 + 8 + -(-100 * 2 // 8) + 4 + 4  # codes, norms, shapes
+    blob = record[PAYLOAD].numpy()
+    index_len = int.from_bytes(blob[:4].tobytes(), "little")
+    assert len(blob) == 4 + index_len + packed  # the frame adds only its (counted) index
+    assert {k: v.tolist() for k, v in unframe(frame(parts)).items()} == {k: v.tolist() for k, v in parts.items()}
+    with pytest.raises(ValueError):
+        unframe(blob[:-1])
+
+
+def test_a_payload_damaged_in_transit_is_excluded_not_aggregated() -> None:
+    cfg = fedsim.from_dict({**tiny_config(run={"rounds": 2}, network={"bit_error_rate": 1e-3},
+                                          strategy={"name": "fedavg", "fraction_train": 1.0,
+                                                    "fraction_evaluate": 0.0}).to_dict(),
+                            "codec": [{"name": "int8"}]})
+    res = fedsim.run(cfg, write=False)
+    assert sum(r["corrupted"] for r in res.history) > 0
+    assert all(np.isfinite(a.numpy()).all() for a in res.arrays.values())

@@ -111,3 +111,28 @@ def test_seed_streams_are_reproducible_and_independent() -> None:
         assert not (a == other.random(5)).any()
     s = seeding.int_seed(1, 2, 3, "x")
     assert 0 <= s < 2**63 and s == seeding.int_seed(1, 2, 3, "x")
+
+
+def test_dorefa_gradient_quantizer_is_unbiased_and_on_the_grid() -> None:
+    g = torch.tensor([0.3, -0.7, 0.05, 1.0, -1.0, 0.0])
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.stack([trainer.quantize_gradient(g, 2, gen) for _ in range(20000)])
+    assert torch.allclose(draws.mean(0), g, atol=0.02)
+    # 2 bits: values on 2m * ({0, 1/3, 2/3, 1} - 1/2), m = 1.
+    grid = torch.tensor([-1.0, -1 / 3, 1 / 3, 1.0])
+    assert torch.isclose(draws.reshape(-1, 1), grid).any(dim=1).all()
+
+
+def test_quantized_and_bf16_local_training_still_learn() -> None:
+    x, y = toy_data()
+    losses = {}
+    for name, extra in (("fp32", {}), ("grad8", {"grad_bits": 8}), ("grad2", {"grad_bits": 2}),
+                        ("bf16", {"autocast": "bf16"})):
+        torch.manual_seed(0)
+        model = nn.Linear(4, 2)
+        trainer.train(model, x, y, trainer.TrainSettings(epochs=20, batch_size=8, lr=0.5, **extra),
+                      seeding.torch_generator(0, 0, 0, "b"))
+        losses[name] = trainer.evaluate(model, x, y)[0]
+    assert losses["grad8"] < 1.2 * losses["fp32"] + 0.02
+    assert losses["bf16"] < 1.2 * losses["fp32"] + 0.02
+    assert losses["grad2"] < 0.5  # coarser, still learning (chance is log 2 = 0.69)

@@ -4,10 +4,17 @@ The client sends ``encode(w_local - w_global)`` in its reply's ArrayRecord and m
 reply with a ``fedsim-codec`` ConfigRecord; the grid's `decode_reply` rebuilds
 ``w_global + decode(payload)`` under the same record name and drops the marker, so the
 strategy sees an ordinary reply with weights.
+
+The payload's parts travel framed in one uint8 array (``payload``): a 4-byte length, a
+JSON index of (name, dtype, shape, bytes) and the parts' raw bytes. One array means one
+``.npy`` header and one serialization, so what is charged is the packed sizes plus a
+small, counted index.
 """
 
 from __future__ import annotations
 
+import json
+import struct
 import time
 
 import numpy as np
@@ -43,8 +50,34 @@ def encode_update(pipeline: Pipeline, new: dict[str, np.ndarray], received: dict
         else:
             delta[k] = v
     payload = pipeline.encode(delta, ctx)
-    record = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in payload.items()})
+    record = ArrayRecord({PAYLOAD: Array(frame(payload))})
     return record, ConfigRecord({"chain": ",".join(pipeline.names)}), time.perf_counter() - start
+
+
+PAYLOAD = "payload"
+
+
+def frame(parts: dict[str, np.ndarray]) -> np.ndarray:
+    """One uint8 array: index length (uint32, little endian), JSON index, then the raw parts."""
+    arrays = [np.ascontiguousarray(v) for v in parts.values()]
+    index = json.dumps([[k, v.dtype.str, list(v.shape), v.nbytes] for k, v in zip(parts, arrays)],
+                       separators=(",", ":")).encode()
+    blob = b"".join([struct.pack("<I", len(index)), index, *(v.tobytes() for v in arrays)])
+    return np.frombuffer(blob, dtype=np.uint8)
+
+
+def unframe(blob: np.ndarray) -> dict[str, np.ndarray]:
+    raw = np.ascontiguousarray(blob, dtype=np.uint8).tobytes()
+    (n,) = struct.unpack("<I", raw[:4])
+    index = json.loads(raw[4 : 4 + n].decode())
+    out, pos = {}, 4 + n
+    for key, dtype, shape, nbytes in index:
+        out[key] = np.frombuffer(raw, dtype=np.dtype(dtype), count=int(np.prod(shape)) if shape else 1,
+                                 offset=pos).reshape(shape)
+        pos += nbytes
+    if pos != len(raw):
+        raise ValueError(f"payload holds {len(raw)} bytes, its index describes {pos}")
+    return out
 
 
 def is_encoded(reply: Message) -> bool:
@@ -61,7 +94,9 @@ def decode_reply(pipeline: Pipeline, reply: Message, sent: Message, ctx: CodecCo
         if key == MARKER:
             continue
         if isinstance(rec, ArrayRecord):
-            delta = pipeline.decode({k: a.numpy() for k, a in rec.items()}, ctx)
+            if list(rec) != [PAYLOAD]:
+                raise ValueError(f"expected one {PAYLOAD!r} array, got {list(rec)[:3]}")
+            delta = pipeline.decode(unframe(rec[PAYLOAD].numpy()), ctx)
             missing = set(ref) - set(delta)
             if missing:
                 raise ValueError(f"decoded update lacks {sorted(missing)[:3]}")
