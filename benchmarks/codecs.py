@@ -49,7 +49,8 @@ VARIANTS: list[tuple[str, list[dict], list[str]]] = [
 
 def scenarios(quick_rounds: int, synthetic_rounds: int) -> dict[str, Config]:
     mobile = load_config(PRESETS / "mobile.toml")
-    system = ["report.progress=false", "report.plots=false", "data.sharing.beta=0.05"]
+    # A 5 % shared set G for the LoRA bases' warm-up only: alpha = 0 sends none of it to clients.
+    system = ["report.progress=false", "report.plots=false", "data.sharing.beta=0.05", "data.sharing.alpha=0.0"]
     out = {}
     quick = load_config(PRESETS / "quickstart.toml").replace([f"run.rounds={quick_rounds}", *system])
     synth = load_config(PRESETS / "synthetic.toml").replace([
