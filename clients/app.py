@@ -128,6 +128,7 @@ def train(msg: Message, context: Context) -> Message:
     rnd = _round(msg, config)
     seed = rt.config.run.seed
     _load(rt, arrays)
+    received = {k: v.detach().numpy().copy() for k, v in _state(rt).items()} if rt.codec else {}
     x, y = rt.data.client_train(cid)
     torch.manual_seed(seeding.int_seed(seed, rnd, cid, "torch"))  # dropout & co. in user models
     start = time.perf_counter()
@@ -144,7 +145,6 @@ def train(msg: Message, context: Context) -> Message:
         content = RecordDict({akey: ArrayRecord(_state(rt)), keys.METRICS: metrics})
         return Message(content, reply_to=msg)
     new = {k: v.detach().cpu().numpy() for k, v in _state(rt).items()}
-    received = {k: a.numpy() for k, a in arrays.items()}
     state = load_state(context.state)
     record, marker, seconds = encode_update(rt.codec, new, received, CodecContext(seed, rnd, cid, state))
     save_state(context.state, state)

@@ -114,7 +114,10 @@ def _targets(model: nn.Module, params: LoraParams) -> list[str]:
             raise ConfigError(f"{FIELD}.target_modules", list(params.target_modules),
                               f"{name!r} matches no Linear/Conv2d layer; the model has: {', '.join(layers)}")
         m = layers[name]
-        width = min(m.in_features, m.out_features) if isinstance(m, nn.Linear) else min(m.in_channels, m.out_channels)
+        if isinstance(m, nn.Linear):
+            width = min(m.in_features, m.out_features)
+        else:  # a conv's A maps in_channels x kernel to the rank
+            width = min(m.in_channels * m.kernel_size[0] * m.kernel_size[1], m.out_channels)
         if params.rank >= width:
             raise ConfigError(f"{FIELD}.rank", params.rank, f"must be < the width of layer {name!r} ({width})")
     return names

@@ -25,7 +25,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients.codecs import CodecContext, Pipeline
-from clients.codecs.transport import decode_reply, is_encoded
+from clients.codecs.transport import decode_reply, is_encoded, reference_arrays
 from fedsim import keys, seeding
 from fedsim.clock import VirtualClock
 from fedsim.executors.base import Executor, Task, TaskResult, error_reply
@@ -396,6 +396,7 @@ class SimulationGrid(Grid):
             purposes = [purposes[i] for i in keep_idx]
         results = self._run_in_waves(tasks)
         seconds = decode_seconds = 0.0
+        references: dict[int, dict[str, np.ndarray]] = {}  # the global model, decoded once
         for slot, task, d, purpose, res in zip(task_slots, tasks, dispatches, purposes, results):
             seconds += res.seconds
             cid = self.partition_id(task.node_id)
@@ -420,7 +421,10 @@ class SimulationGrid(Grid):
                 t0 = time.perf_counter()
                 try:
                     ctx = CodecContext(self.seed, rnd, cid, self._codec_state.setdefault(cid, {}))
-                    reply = decode_reply(self.codec, reply, task.message, ctx)
+                    ref_key = id(task.message.content)
+                    if ref_key not in references:
+                        references[ref_key] = reference_arrays(task.message)
+                    reply = decode_reply(self.codec, reply, task.message, ctx, references[ref_key])
                 except Exception as exc:  # noqa: BLE001 - a damaged payload must not stop the run
                     a.reason = f"reply excluded: payload could not be decoded ({type(exc).__name__}: {exc})"
                     reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, a.reason)

@@ -113,3 +113,21 @@ def test_lora_bases_and_their_errors(tmp_path: Path) -> None:
 def test_lora_must_come_first() -> None:
     with pytest.raises(ConfigError, match=r"codec\[1\].name = 'lora': must come first"):
         cfg_with([{"name": "topk"}, {"name": "lora"}])
+
+
+def test_lora_on_a_cnn_adapts_conv_layers() -> None:
+    res = fedsim.run(cfg_with([{"name": "lora", "rank": 2, "base": "init"}], model={"name": "cnn"},
+                              run={"rounds": 1}), write=False)
+    assert any(".0.lora_A" in k for k in res.arrays)  # the first Conv2d got adapters
+    assert res.summary["client_failures"] == 0
+
+
+def test_lora_errors_exit_2_from_the_cli(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "fedsim.cli", "run", "quickstart", "--set", "run.rounds=1",
+                           "--set", 'codec=[{name="lora", base="init", target_modules=["fc9"]}]',
+                           "--out", str(tmp_path / "x")], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "codec[0].target_modules" in proc.stderr and "Traceback" not in proc.stderr

@@ -84,10 +84,16 @@ def is_encoded(reply: Message) -> bool:
     return reply.has_content() and MARKER in reply.content.config_records
 
 
-def decode_reply(pipeline: Pipeline, reply: Message, sent: Message, ctx: CodecContext) -> Message:
-    """The reply with its payload decoded into weights (``ctx.reference`` = the global model sent)."""
+def reference_arrays(sent: Message) -> dict[str, np.ndarray]:
+    """The global model a message carried, as numpy arrays (decode once per exchange)."""
+    return {k: a.numpy() for rec in sent.content.array_records.values() for k, a in rec.items()}
+
+
+def decode_reply(pipeline: Pipeline, reply: Message, sent: Message, ctx: CodecContext,
+                 reference: dict[str, np.ndarray] | None = None) -> Message:
+    """The reply with its payload decoded into weights (``reference`` = the global model sent)."""
     content = reply.content
-    ref = {k: a.numpy() for rec in sent.content.array_records.values() for k, a in rec.items()}
+    ref = reference if reference is not None else reference_arrays(sent)
     ctx.reference = ref
     out = RecordDict()
     for key, rec in content.items():
