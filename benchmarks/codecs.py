@@ -15,6 +15,12 @@ share of local training time; plots accuracy vs cumulative uplink bytes.
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+import _plot  # noqa: E402  (benchmarks/_plot.py)
+
 import argparse
 import sys
 import time
@@ -103,10 +109,7 @@ def main() -> None:
 
 
 def plot(histories: dict[tuple[str, str], list[dict]], out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    plt = _plot.pyplot()
 
     scens = sorted({s for s, _ in histories})
     fig, axes = plt.subplots(1, len(scens), figsize=(7 * len(scens), 4.8), squeeze=False)
@@ -130,11 +133,7 @@ def plot(histories: dict[tuple[str, str], list[dict]], out: Path) -> Path:
         ax.set_title(scen)
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path = out / "accuracy_vs_uplink.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _plot.save(fig, out / "accuracy_vs_uplink.png")
 
 
 if __name__ == "__main__":

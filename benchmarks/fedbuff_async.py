@@ -12,6 +12,12 @@ budgets, and a plot of accuracy vs virtual time.
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+import _plot  # noqa: E402  (benchmarks/_plot.py)
+
 import argparse
 import statistics
 import sys
@@ -99,10 +105,7 @@ def main() -> None:
 
 
 def plot(runs: dict[str, list[list[dict]]], full: float, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    plt = _plot.pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, (label, hs) in enumerate(runs.items()):
@@ -116,11 +119,7 @@ def plot(runs: dict[str, list[list[dict]]], full: float, out: Path) -> Path:
     ax.set_title("Asynchronous FedBuff vs synchronous FedAvg, lognormal stragglers")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "fedbuff_vs_fedavg.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _plot.save(fig, out / "fedbuff_vs_fedavg.png")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,12 @@ accuracy and training-loss curves.
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+import _plot  # noqa: E402  (benchmarks/_plot.py)
+
 import argparse
 import sys
 import time
@@ -56,10 +62,7 @@ def summarize(history: list[dict], tail: int) -> dict[str, float]:
 
 
 def plot(results: dict[tuple[float, str], list[dict]], out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    plt = _plot.pyplot()
 
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5), sharex=True)
     for col, frac in enumerate((0.0, 0.5, 0.9)):
@@ -75,11 +78,7 @@ def plot(results: dict[tuple[float, str], list[dict]], out: Path) -> Path:
     axes[1, 0].set_ylabel("test accuracy")
     axes[1, 2].legend(fontsize=8)
     fig.suptitle("Synthetic(1,1): FedAvg vs FedProx under stragglers")
-    fig.tight_layout()
-    path = out / "fedprox_synthetic.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _plot.save(fig, out / "fedprox_synthetic.png")
 
 
 def main() -> None:

@@ -16,6 +16,12 @@
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+import _plot  # noqa: E402  (benchmarks/_plot.py)
+
 import argparse
 import math
 import statistics
@@ -115,10 +121,7 @@ def part_c(repeats: int) -> dict:
 
 
 def plot_a(rows: list[dict], out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    plt = _plot.pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for row in rows:
@@ -132,11 +135,7 @@ def plot_a(rows: list[dict], out: Path) -> Path:
     ax.set_title("FedAvg on Synthetic(1,1), deadline policy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "stragglers_accuracy_vs_time.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _plot.save(fig, out / "stragglers_accuracy_vs_time.png")
 
 
 def main() -> None:

@@ -14,6 +14,12 @@ with alpha >= 0.5 recovers at least half of that gap.
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+import _plot  # noqa: E402  (benchmarks/_plot.py)
+
 import argparse
 import statistics
 import sys
@@ -117,10 +123,7 @@ def main() -> None:
 
 
 def plot(acc: dict[tuple[str, str], list[float]], g: list[float], out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    plt = _plot.pyplot()
 
     labels = [label for label, _ in variants()]
     fig, ax = plt.subplots(figsize=(10, 4.5))
@@ -138,11 +141,7 @@ def plot(acc: dict[tuple[str, str], list[float]], g: list[float], out: Path) -> 
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, ncol=2, loc="lower left")
     ax.set_title("Shared data (beta = 5 %) vs non-IID degree")
-    fig.tight_layout()
-    path = out / "zhao_sharing.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _plot.save(fig, out / "zhao_sharing.png")
 
 
 if __name__ == "__main__":
