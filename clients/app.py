@@ -14,10 +14,11 @@ import dataclasses
 import functools
 import time
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
+from flwr.clientapp.mod import LocalDpMod, adaptiveclipping_mod, fixedclipping_mod
 from torch import nn
 
 from clients import lora, trainer
@@ -121,16 +122,17 @@ def _state(rt: "_Runtime") -> dict[str, torch.Tensor]:
     return lora.trainable_state(rt.model) if rt.lora else rt.model.state_dict()
 
 
-def train(msg: Message, context: Context) -> Message:
+def _train_weights(msg: Message, context: Context) -> Message:
+    """Local training; the reply carries the new weights (adapters in LoRA mode)."""
     rt = runtime(context)
     cid = int(context.node_config[keys.PARTITION_ID])
     akey, arrays, _, config = _records(msg)
     rnd = _round(msg, config)
     seed = rt.config.run.seed
     _load(rt, arrays)
-    received = {k: v.detach().numpy().copy() for k, v in _state(rt).items()} if rt.codec else {}
     x, y = rt.data.client_train(cid)
     torch.manual_seed(seeding.int_seed(seed, rnd, cid, "torch"))  # dropout & co. in user models
+    np.random.seed(seeding.int_seed(seed, rnd, cid, "numpy") % 2**32)  # e.g. Flower's LocalDpMod noise
     start = time.perf_counter()
     outcome = trainer.train(rt.model, x, y, _settings(rt.config, config),
                             seeding.torch_generator(seed, rnd, cid, "batches"))
@@ -141,15 +143,30 @@ def train(msg: Message, context: Context) -> Message:
         keys.EXAMPLES_SEEN: outcome.examples_seen,
         keys.TRAIN_SECONDS: time.perf_counter() - start,
     })
-    if not rt.codec:
-        content = RecordDict({akey: ArrayRecord(_state(rt)), keys.METRICS: metrics})
-        return Message(content, reply_to=msg)
-    new = {k: v.detach().cpu().numpy() for k, v in _state(rt).items()}
+    return Message(RecordDict({akey: ArrayRecord(_state(rt)), keys.METRICS: metrics}), reply_to=msg)
+
+
+def train(msg: Message, context: Context) -> Message:
+    """Train, then (optionally) Flower's LocalDpMod clips and noises the update, and the
+    codec chain encodes it."""
+    rt = runtime(context)
+    dp = rt.config.client.local_dp
+    if dp.enabled:
+        reply = LocalDpMod(dp.clipping_norm, dp.sensitivity, dp.epsilon, dp.delta)(msg, context, _train_weights)
+    else:
+        reply = _train_weights(msg, context)
+    if not rt.codec or reply.has_error():
+        return reply
+    akey, arrays, _, config = _records(msg)
+    new_key, new_arrays = next(iter(reply.content.array_records.items()))
     state = load_state(context.state)
-    record, marker, seconds = encode_update(rt.codec, new, received, CodecContext(seed, rnd, cid, state))
+    ctx = CodecContext(rt.config.run.seed, _round(msg, config), int(context.node_config[keys.PARTITION_ID]), state)
+    record, marker, seconds = encode_update(rt.codec, {k: a.numpy() for k, a in new_arrays.items()},
+                                            {k: a.numpy() for k, a in arrays.items()}, ctx)
     save_state(context.state, state)
+    metrics = next(iter(reply.content.metric_records.values()))
     metrics[keys.ENCODE_SECONDS] = seconds
-    return Message(RecordDict({akey: record, keys.METRICS: metrics, MARKER: marker}), reply_to=msg)
+    return Message(RecordDict({new_key: record, keys.METRICS: metrics, MARKER: marker}), reply_to=msg)
 
 
 def evaluate(msg: Message, context: Context) -> Message:

@@ -19,6 +19,7 @@ from fedsim.errors import ConfigError
 from fedsim.policies import RoundSection
 from fedsim.schema import Named, named, named_list, option, parse, to_plain
 from scenarios.devices import DevicesSection
+from scenarios.attacks.probe import ProbeSection
 from scenarios.network import NetworkSection
 
 __all__ = ["Config", "Named", "load_config", "from_dict", "apply_overrides"]
@@ -58,6 +59,27 @@ class DataSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class LocalDpSection:
+    """Flower's LocalDpMod on fedsim's ClientApp: clip the update, add Gaussian noise with
+    std = sensitivity * sqrt(2 ln(1.25 / delta)) / epsilon (per release)."""
+
+    epsilon: float = option(0.0, ge=0.0, doc="per-release epsilon; 0 = off")
+    delta: float = option(1e-5, gt=0.0, lt=1.0)
+    clipping_norm: float = option(1.0, gt=0.0)
+    sensitivity: float = option(1.0, ge=0.0, doc="usually the clipping norm")
+
+    @property
+    def enabled(self) -> bool:
+        return self.epsilon > 0
+
+    @property
+    def noise_std(self) -> float:
+        import math
+
+        return self.sensitivity * math.sqrt(2 * math.log(1.25 / self.delta)) / self.epsilon if self.enabled else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
 class ClientSection:
     app: str = option("fedsim", doc='"fedsim" or a Flower ClientApp as "module:attribute"')
     local_epochs: int = option(1, ge=0, le=100_000)
@@ -69,6 +91,7 @@ class ClientSection:
     threads: int = option(1, ge=1, le=1024, doc="torch threads per client process")
     grad_bits: int = option(0, ge=0, le=16, doc="quantized local training: k-bit stochastic gradients (0 = off)")
     autocast: str = option("none", choices=("none", "bf16"), doc="bf16 autocast for local training")
+    local_dp: LocalDpSection = LocalDpSection()
     app_config: Mapping[str, Any] = dataclasses.field(default_factory=dict,
                                                      metadata={"doc": "run_config for a user ClientApp"})
 
@@ -125,6 +148,7 @@ class Config:
     network: NetworkSection = NetworkSection()
     round: RoundSection = RoundSection()
     codec: tuple[Named, ...] = named_list("codec", "clients.codecs:resolve_codec", "clients.codecs:check_chain")
+    probe: ProbeSection = ProbeSection()
     executor: ExecutorSection = ExecutorSection()
     ray: RaySection = RaySection()
     report: ReportSection = ReportSection()
@@ -136,6 +160,9 @@ class Config:
 
         check_against_federation(self.strategy.name, self.strategy.params, self.data.num_clients,
                                  self.data.client_test_fraction)
+        from scenarios.attacks.probe import check_probe_config
+
+        check_probe_config(self)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (TOML/JSON) that `from_dict` turns back into an equal Config."""

@@ -124,6 +124,8 @@ class SimulationGrid(Grid):
         self.system = system if system is not None else SystemModel.default(num_nodes, seed)
         self.codec = codec if codec else None  # decodes replies that carry an encoded payload
         self._codec_state: dict[int, dict[str, np.ndarray]] = {}  # per client (e.g. EF21's g)
+        #: Called with (round, partition id, sent message, decoded reply) for training replies.
+        self.probe: Callable[[int, int, Message, Message], None] | None = None
         self.clock = VirtualClock()
         self.executor = executor
         self.observer = observer
@@ -438,6 +440,9 @@ class SimulationGrid(Grid):
                     reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, a.reason)
             if a.reason:
                 _add(counts, "corrupted", 1)
+            if (self.probe is not None and phase.startswith("train") and reply is not None
+                    and reply.has_content() and not a.reason):
+                self.probe(rnd, cid, task.message, reply)  # what the server received, decoded
             replies[slot] = reply
             arrivals[slot] = a.arrival
 

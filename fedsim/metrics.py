@@ -11,7 +11,8 @@ from fedsim.clock import VirtualClock
 from fedsim.grid import Exchange, weighted_metric
 
 #: Record fields that hold wall-clock measurements (everything else is deterministic).
-WALL_FIELDS = ("wall_round_s", "wall_total_s", "wall_client_s", "wall_train_s", "wall_encode_s", "wall_decode_s")
+WALL_FIELDS = ("wall_round_s", "wall_total_s", "wall_client_s", "wall_train_s", "wall_encode_s", "wall_decode_s",
+               "wall_probe_s")
 
 #: Per-round sums of the simulated system's events (see `fedsim.grid.Exchange`): what
 #: happened to the clients sampled for training, and to all traffic (training and evaluation).

@@ -145,6 +145,9 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
                               codec=build_pipeline(cfg.codec))
         recorder.clock = grid.clock
         executor.start(app_ref, grid.run.run_id, run_config)
+        prober = make_prober(cfg, data, server_model, spec is not None, out) if cfg.probe.enabled else None
+        if prober is not None:
+            grid.probe = prober.collect
 
         def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
             due = server_round % cfg.server.eval_every == 0 or server_round == cfg.run.rounds
@@ -155,6 +158,8 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
                 else:
                     server_model.load_state_dict(arrays.to_torch_state_dict())
                 central = evaluate(server_model, data.server_x, data.server_y)
+            if prober is not None and server_round > 0:
+                recorder.pending.update(prober.run_round(server_round))
             extra = getattr(strategy, "round_metrics", None)  # e.g. FedBuff's staleness statistics
             if isinstance(extra, dict) and server_round > 0:
                 recorder.pending.update({f"strategy_{k}": v for k, v in extra.items()})
@@ -187,6 +192,25 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
     final_arrays = result.arrays if result.arrays is not None else initial
     return RunResult(config=cfg, history=recorder.records, arrays=final_arrays, summary=summary,
                      out_dir=out, paths=paths, flower_result=result)
+
+
+def make_prober(cfg: Config, data: Any, server_model: torch.nn.Module, lora_mode: bool, out: Path | None) -> Any:
+    """The attack probe: the attacker builds the same architecture (adapters included)."""
+    import copy
+
+    from scenarios.attacks.probe import ProbeRunner
+
+    if lora_mode:
+        template = copy.deepcopy(server_model)
+
+        def build() -> torch.nn.Module:
+            return copy.deepcopy(template)
+    else:
+        def build() -> torch.nn.Module:
+            return build_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes)
+
+    return ProbeRunner(cfg.probe, seed=cfg.run.seed, data=data, client_cfg=cfg.client, build_model=build,
+                       lora=lora_mode, out_dir=out)
 
 
 def warm_up(model: torch.nn.Module, data: Any, cfg: Config) -> None:

@@ -214,6 +214,8 @@ def parse(cls: type[T], data: Any, path: str) -> T:
         if f.metadata.get("named"):
             if name in data:
                 values[name] = _parse_named(fpath, data[name], f.metadata, f.default)
+            elif f.default is None:
+                values[name] = None  # an optional registry choice, unset
             elif f.default is not dataclasses.MISSING:
                 values[name] = _parse_named(fpath, f.default, f.metadata)
             else:

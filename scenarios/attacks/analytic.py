@@ -1,0 +1,62 @@
+"""Phong et al. 2017: a fully connected first layer with a bias leaks its input exactly.
+
+For y = W x + b, dL/dW_i = (dL/dy_i) x and dL/db_i = dL/dy_i, so x = (dL/dW_i) / (dL/db_i)
+for any unit i with a non-zero bias gradient. Exact for one input (FedSGD, batch 1); the
+baseline every other attack is compared with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from fedsim.errors import ConfigError
+from fedsim.schema import option
+from scenarios.attacks.base import Attack, ProbeView, Reconstruction, register_attack
+from scenarios.attacks.common import infer_labels, pseudo_gradient, trainable
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalyticParams:
+    min_bias_grad: float = option(1e-12, gt=0.0, doc="units with a smaller |dL/db_i| are ignored")
+
+
+def first_linear(view: ProbeView) -> tuple[str, str] | None:
+    names = trainable(view)
+    width = 1
+    for s in view.input_shape:
+        width *= s
+    for k in names:
+        w = view.received[k]
+        if k.endswith("weight") and w.dim() == 2 and w.shape[1] == width:
+            bias = k[: -len("weight")] + "bias"
+            if bias in names:
+                return k, bias
+    return None
+
+
+@register_attack("analytic", AnalyticParams)
+class Analytic(Attack):
+    name = "analytic"
+
+    def check(self, view: ProbeView) -> None:
+        if first_linear(view) is None:
+            raise ConfigError("probe.attack.name", "analytic",
+                              "needs a model whose first layer is fully connected with a bias (e.g. mlp, logreg)")
+
+    def run(self, view: ProbeView, generator: torch.Generator) -> Reconstruction:
+        self.check(view)
+        w_name, b_name = first_linear(view)  # type: ignore[misc]
+        g = pseudo_gradient(view)
+        gw, gb = g[w_name].double(), g[b_name].double()
+        use = gb.abs() > self.params.min_bias_grad
+        if not use.any():
+            x = torch.zeros(gw.shape[1], dtype=torch.float64)
+        else:
+            # Every usable row gives x; a gradient-weighted average damps round-off.
+            weights = gb[use].abs()
+            x = ((gw[use] / gb[use, None]) * weights[:, None]).sum(0) / weights.sum()
+        labels = infer_labels(view, 1)
+        return Reconstruction(x.float().reshape(1, *view.input_shape),
+                              labels if labels is not None else torch.zeros(1, dtype=torch.long))
