@@ -159,7 +159,7 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
                     server_model.load_state_dict(arrays.to_torch_state_dict())
                 central = evaluate(server_model, data.server_x, data.server_y)
             if prober is not None and server_round > 0:
-                recorder.pending.update(prober.run_round(server_round))
+                recorder.pending.update(prober.run_round(server_round, executor))
             extra = getattr(strategy, "round_metrics", None)  # e.g. FedBuff's staleness statistics
             if isinstance(extra, dict) and server_round > 0:
                 recorder.pending.update({f"strategy_{k}": v for k, v in extra.items()})
@@ -209,8 +209,10 @@ def make_prober(cfg: Config, data: Any, server_model: torch.nn.Module, lora_mode
         def build() -> torch.nn.Module:
             return build_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes)
 
-    return ProbeRunner(cfg.probe, seed=cfg.run.seed, data=data, client_cfg=cfg.client, build_model=build,
-                       lora=lora_mode, out_dir=out)
+    runner = ProbeRunner(cfg.probe, seed=cfg.run.seed, data=data, client_cfg=cfg.client, build_model=build,
+                         lora=lora_mode, out_dir=out)
+    runner.check_model()  # an attack that cannot work on this model fails before any training
+    return runner
 
 
 def warm_up(model: torch.nn.Module, data: Any, cfg: Config) -> None:

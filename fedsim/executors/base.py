@@ -75,6 +75,10 @@ class Executor(Protocol):
 
     def run(self, tasks: Sequence[Task]) -> list[TaskResult]: ...
 
+    def call(self, fn: Any, payloads: Sequence[Any]) -> list[Any]:
+        """``[fn(p) for p in payloads]``, spread over the executor's workers (e.g. attack probes)."""
+        ...
+
     def shutdown(self) -> None: ...
 
 

@@ -48,6 +48,9 @@ class _Worker:
     def ready(self) -> int:
         return os.getpid()
 
+    def call(self, fn: Any, payload: Any) -> Any:
+        return fn(payload)
+
     def _content(self, ref: Any) -> RecordDict:
         key = ref.hex()
         content = self._cache.get(key)
@@ -147,6 +150,12 @@ class RayExecutor:
         self._owns_ray = False
 
     # ---------------------------------------------------------------------- work
+    def call(self, fn: Any, payloads: Sequence[Any]) -> list[Any]:
+        """Run ``fn(payload)`` on the actors, one call per payload, in parallel; results in order."""
+        self._wait_ready()
+        refs = [self._actors[i % len(self._actors)].call.remote(fn, p) for i, p in enumerate(payloads)]
+        return ray.get(refs)
+
     def run(self, tasks: Sequence[Task]) -> list[TaskResult]:
         if not self._actors:
             raise RuntimeError("RayExecutor.start() first")

@@ -31,5 +31,8 @@ class SerialExecutor:
             out.append(execute(self._app, task, self._run_id, self._run_config))
         return out
 
+    def call(self, fn: Any, payloads: Sequence[Any]) -> list[Any]:
+        return [fn(p) for p in payloads]
+
     def shutdown(self) -> None:
         self._app = None

@@ -80,6 +80,16 @@ class ProbeRunner:
         self.results: list[dict[str, Any]] = []
         self._checked = False
 
+    def check_model(self) -> None:
+        """Fail before training if the attack cannot work on this architecture."""
+        model = self.build_model()
+        state = {k: p.detach().clone() for k, p in model.named_parameters() if p.requires_grad}
+        view = ProbeView(build_model=self.build_model, sent=state, received=state, lr=1.0, steps=1, batch_size=1,
+                         num_examples=1, momentum=0.0, input_shape=tuple(self.data.input_shape),
+                         num_classes=self.data.num_classes, round=0, client=0, lora=self.lora)
+        self.attack.check(view)
+        self._checked = True
+
     # ------------------------------------------------------------ from the grid
     def collect(self, rnd: int, cid: int, sent: Message, reply: Message) -> None:
         if not self.cfg.due(rnd) or (self.cfg.client_ids and cid not in self.cfg.client_ids):
@@ -119,17 +129,17 @@ class ProbeRunner:
         return Truth(x[used], y[used])
 
     # ------------------------------------------------------------ end of round
-    def run_round(self, rnd: int) -> dict[str, Any]:
+    def run_round(self, rnd: int, executor: Any = None) -> dict[str, Any]:
+        """Attack this round's collected updates (on the executor's workers when given), then score."""
         pending, self._pending = self._pending, []
         if not pending:
             return {"probes": 0, "probe_psnr_mean": None, "probe_ssim_mean": None, "probe_label_acc": None,
                     "wall_probe_s": 0.0}
-        rows = []
         start = time.perf_counter()
-        for p in pending:
-            t0 = time.perf_counter()
-            rec = self.attack.run(p.view, seeding.torch_generator(self.seed, rnd, p.view.client, "probe"))
-            seconds = time.perf_counter() - t0
+        jobs = [(self.attack, p.view, seeding.int_seed(self.seed, rnd, p.view.client, "probe")) for p in pending]
+        outcomes = executor.call(run_attack, jobs) if executor is not None else [run_attack(j) for j in jobs]
+        rows = []
+        for p, (rec, seconds) in zip(pending, outcomes):
             truth = self.truth_fn(rnd, p.view.client, p.view)  # only now: after the attack
             scores = leak.score(rec.x, rec.labels, truth.x, truth.y)
             row = {"round": rnd, "client": p.view.client, "attack": self.attack.name, "images": len(truth.x),
@@ -178,6 +188,16 @@ class ProbeRunner:
         folder.mkdir(exist_ok=True)
         fig.savefig(folder / f"round{rnd:04d}-client{row['client']:05d}.png", dpi=100)
         plt.close(fig)
+
+
+def run_attack(job: tuple[Any, ProbeView, int]) -> tuple[Any, float]:
+    """One attack on one view (runs wherever the executor puts it); (reconstruction, seconds)."""
+    attack, view, seed = job
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    start = time.perf_counter()
+    rec = attack.run(view, generator)
+    return rec, time.perf_counter() - start
 
 
 def _clean(value: Any) -> Any:
