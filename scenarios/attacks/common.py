@@ -85,7 +85,10 @@ def infer_labels(view: ProbeView, count: int) -> torch.Tensor | None:
         return None
     row_sums = pseudo_gradient(view)[name].sum(dim=1)
     order = torch.argsort(row_sums)
-    return order[:count].clone()
+    if count <= len(order):
+        return order[:count].clone()
+    present = order[: max(1, int((row_sums < 0).sum()))]  # more inputs than classes: cycle the present ones
+    return present[torch.arange(count) % len(present)].clone()
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
