@@ -77,18 +77,30 @@ def last_layer(view: ProbeView) -> str | None:
 
 
 def infer_labels(view: ProbeView, count: int) -> torch.Tensor | None:
-    """iDLG's rule, extended to a batch: with softmax cross-entropy and non-negative
-    features, the classifier-weight gradient row of a present label sums negative; take
-    the ``count`` most negative rows (Zhao et al. 2020; batch form as in Wainakh et al.)."""
+    """Labels from the classifier-weight gradient (iDLG's rule, Zhao et al. 2020, with a
+    batch extension in the spirit of Wainakh et al.'s LLG): with softmax cross-entropy and
+    non-negative features, row c of dL/dW sums negative when label c is present, in
+    proportion to how often. Every negative row gets one label; the rest go, one at a
+    time, to the row with the most negativity not yet accounted for."""
     name = last_layer(view)
     if name is None:
         return None
-    row_sums = pseudo_gradient(view)[name].sum(dim=1)
-    order = torch.argsort(row_sums)
-    if count <= len(order):
-        return order[:count].clone()
-    present = order[: max(1, int((row_sums < 0).sum()))]  # more inputs than classes: cycle the present ones
-    return present[torch.arange(count) % len(present)].clone()
+    row_sums = pseudo_gradient(view)[name].sum(dim=1).double()
+    negative = torch.nonzero(row_sums < 0).flatten()
+    if len(negative) == 0:
+        return torch.argsort(row_sums)[:count].clone() if count <= len(row_sums) else \
+            torch.argsort(row_sums)[torch.arange(count) % len(row_sums)]
+    negative = negative[torch.argsort(row_sums[negative])]  # most negative first
+    chosen = [int(c) for c in negative[:count]]
+    if count > len(chosen):
+        mass = -row_sums[negative]
+        impact = float(mass.sum()) / count  # negativity one occurrence accounts for
+        left = {int(c): float(m) - impact for c, m in zip(negative, mass)}
+        while len(chosen) < count:
+            c = max(left, key=lambda k: left[k])
+            chosen.append(c)
+            left[c] -= impact
+    return torch.tensor(chosen[:count], dtype=torch.long)
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
