@@ -93,6 +93,7 @@ class Recorder:
             "wall_train_s": metric_sum(train_replies, keys.TRAIN_SECONDS),
             "wall_encode_s": metric_sum(train_replies, keys.ENCODE_SECONDS),
             "wall_decode_s": sum(e.decode_seconds for e in exs),
+            "wall_probe_s": 0.0,
         }
         for fn in self.train_metrics:
             record.update(fn(train_replies))

@@ -212,7 +212,9 @@ def parse(cls: type[T], data: Any, path: str) -> T:
             values[name] = _parse_named_list(fpath, data[name], f.metadata) if name in data else ()
             continue
         if f.metadata.get("named"):
-            if name in data:
+            if name in data and data[name] is None and f.default is None:
+                values[name] = None  # an optional registry choice, written out as unset
+            elif name in data:
                 values[name] = _parse_named(fpath, data[name], f.metadata, f.default)
             elif f.default is None:
                 values[name] = None  # an optional registry choice, unset

@@ -41,7 +41,7 @@ class _GradientMatching(Attack):
             opt = torch.optim.LBFGS(variables, lr=self.params.lr, max_iter=1, history_size=100,
                                     line_search_fn="strong_wolfe")
 
-            def closure() -> torch.Tensor:
+            def closure(opt=opt, x=x, logits=logits) -> torch.Tensor:  # type: ignore[no-untyped-def]
                 opt.zero_grad()
                 y = known if known is not None else torch.softmax(logits, -1)
                 grads = gradients(model, params, names, x, y)
