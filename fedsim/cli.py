@@ -60,8 +60,35 @@ def build_parser() -> argparse.ArgumentParser:
     p_app.add_argument("--system", default=None, metavar="SCENARIO.toml",
                        help="simulate the [devices], [network] and [round] sections of this scenario file")
 
+    p_sweep = sub.add_parser("sweep", help="run every cell of a scenario's [sweep] grid (resumable)")
+    p_sweep.add_argument("scenario", help="a scenario .toml with a [sweep] table, or a preset name")
+    p_sweep.add_argument("--out", default=None, help="sweep folder (default: results/<name>-sweep)")
+    p_sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p_sweep.add_argument("--parallel", type=int, default=None, help="cells at once (default: sweep.parallel or cores)")
+    p_sweep.add_argument("--yes", action="store_true", help="run even if the grid exceeds sweep.max_cells")
+    p_sweep.add_argument("--target", type=float, default=0.8, help="target accuracy for the report")
+
+    for name, text in (("report", "an HTML report and summary.csv comparing run or sweep folders"),
+                       ("compare", "a table in the terminal comparing run or sweep folders")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("dirs", nargs="+", help="run folders and/or sweep folders")
+        p.add_argument("--target", type=float, default=0.8, help="target accuracy (rounds / virtual time to reach it)")
+        if name == "report":
+            p.add_argument("--out", default=None, help="HTML file (default: <first DIR>/report.html)")
+
     sub.add_parser("presets", help="list the shipped scenario presets")
     return parser
+
+
+def write_report(dirs: list[str], target: float, out: str | None) -> tuple[Path, Path]:
+    from fedsim import compare, htmlreport
+
+    loaded = compare.load(dirs)
+    rows = compare.summarize(loaded, target)
+    html_path = Path(out) if out else Path(dirs[0]) / "report.html"
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    htmlreport.write(loaded, rows, html_path, dirs)
+    return html_path, compare.write_csv(rows, html_path.with_name("summary.csv"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +113,32 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{s['name']}: {s['rounds']} rounds, final centralized accuracy "
                   f"{'n/a' if acc is None else f'{acc:.4f}'}, {s['client_failures']} client failures; "
                   f"results in {result.out_dir}")
+            return 0
+        if args.command == "sweep":
+            from fedsim.sweep import load_sweep, run_sweep
+
+            sweep = load_sweep(resolve_scenario(args.scenario), args.overrides)
+            name = sweep.base.get("run", {}).get("name", "sweep")
+            out = Path(args.out) if args.out else Path("results") / f"{name}-sweep"
+
+            def on_cell(cell: dict) -> None:
+                extra = f": {cell['error']}" if cell["error"] else ""
+                print(f"  {cell['id']} [{cell['label']}, seed {cell['seed']}] {cell['status']}{extra}", flush=True)
+
+            manifest = run_sweep(sweep, out, yes=args.yes, parallel=args.parallel, on_cell=on_cell)
+            done = sum(c["status"] == "done" for c in manifest["cells"])
+            failed = sum(c["status"] == "failed" for c in manifest["cells"])
+            html_path, csv_path = write_report([str(out)], args.target, None)
+            print(f"sweep: {done} done, {failed} failed of {len(manifest['cells'])} cells; report {html_path}, {csv_path}")
+            return 0
+        if args.command == "report":
+            html_path, csv_path = write_report(args.dirs, args.target, args.out)
+            print(f"report: {html_path}\nsummary: {csv_path}")
+            return 0
+        if args.command == "compare":
+            from fedsim import compare
+
+            compare.print_table(compare.summarize(compare.load(args.dirs), args.target))
             return 0
         if args.command == "run-app":
             from fedsim.runapp import run_app

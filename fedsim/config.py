@@ -132,6 +132,8 @@ class ReportSection:
     plots: bool = True
     progress: bool = True
     flower_logs: bool = option(False, doc="show Flower's own INFO logs")
+    tensorboard: bool = option(False, doc="also log rounds to <run>/tensorboard")
+    mlflow: bool = option(False, doc="also log config and rounds to a local MLflow store, <run>/mlflow.db")
 
 
 @dataclasses.dataclass(frozen=True)

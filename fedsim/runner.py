@@ -124,10 +124,18 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
             paths["config"] = writer.write_config(cfg.to_dict())
 
         progress = RoundProgress(cfg.run.rounds, cfg.run.name, enabled=cfg.report.progress)
+        tracker = None
+        if out is not None and (cfg.report.tensorboard or cfg.report.mlflow):
+            from fedsim.tracking import Tracker
+
+            tracker = Tracker(out, cfg.run.name, run_config if cfg.client.app == "fedsim" else to_run_config(cfg),
+                              cfg.report.tensorboard, cfg.report.mlflow)
 
         def on_record(record: dict[str, Any]) -> None:
             if writer is not None:
                 writer.append(record)
+            if tracker is not None:
+                tracker.log(record)
             for f in record["failures"]:
                 log.warning("round %d: client %d failed in %s: %s", record["round"], f["partition_id"],
                             f["phase"], f["reason"])
@@ -177,6 +185,8 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
                                         timeout=timeout, evaluate_fn=evaluate_fn)
         finally:
             executor.shutdown()
+            if tracker is not None:
+                tracker.close()
         recorder.flush()  # a strategy with its own start() may not call evaluate_fn every round
 
     summary = {"name": cfg.run.name, "seed": seed, "executor": cfg.executor.name,

@@ -1,0 +1,158 @@
+"""Comparing runs: load run folders (or sweeps), summarize per configuration over seeds.
+
+A group is one configuration: for a sweep, the cells that differ only by seed; for plain
+run folders, each run. Per group: final and best centralized accuracy (mean and std over
+seeds), the rounds and virtual time to a target accuracy (mean over the seeds that reach
+it), total bytes, leakage PSNR where probed, client failures and failed cells.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fedsim.errors import ConfigError
+from fedsim.report import METRICS, SUMMARY, read_metrics
+from fedsim.sweep import MANIFEST
+
+
+@dataclasses.dataclass
+class Run:
+    path: Path
+    group: str
+    seed: int
+    records: list[dict[str, Any]]
+    summary: dict[str, Any]
+    overrides: dict[str, Any]
+
+
+@dataclasses.dataclass
+class Loaded:
+    runs: list[Run]
+    failed: list[dict[str, Any]]  # sweep cells that failed: label, seed, error
+    axes: dict[str, list[Any]]
+
+
+def load(paths: Sequence[str | Path]) -> Loaded:
+    runs: list[Run] = []
+    failed: list[dict[str, Any]] = []
+    axes: dict[str, list[Any]] = {}
+    for p in map(Path, paths):
+        if (p / MANIFEST).is_file():
+            manifest = json.loads((p / MANIFEST).read_text())
+            for k, v in manifest.get("axes", {}).items():
+                axes.setdefault(k, list(v))
+            for cell in manifest["cells"]:
+                folder = p / cell["dir"]
+                if cell["status"] == "done" and (folder / SUMMARY).is_file():
+                    runs.append(_run(folder, cell["label"], int(cell["seed"]), cell["overrides"]))
+                elif cell["status"] == "failed":
+                    failed.append({"label": cell["label"], "seed": cell["seed"], "error": cell["error"]})
+        elif (p / METRICS).is_file() and (p / SUMMARY).is_file():
+            summary = json.loads((p / SUMMARY).read_text())
+            runs.append(_run(p, f"{summary.get('name', p.name)} ({p.name})", int(summary.get("seed", 0)), {}))
+        else:
+            raise ConfigError("DIR", str(p), "is neither a run folder (metrics.jsonl, summary.json) nor a sweep (sweep.json)")
+    return Loaded(runs, failed, axes)
+
+
+def _run(folder: Path, group: str, seed: int, overrides: dict[str, Any]) -> Run:
+    return Run(folder, group, seed, read_metrics(folder), json.loads((folder / SUMMARY).read_text()), overrides)
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return None, None
+    return statistics.mean(vals), (statistics.pstdev(vals) if len(vals) > 1 else 0.0)
+
+
+def to_target(records: list[dict[str, Any]], target: float) -> tuple[int | None, float | None]:
+    for r in records:
+        if r.get("central_acc") is not None and r["central_acc"] >= target:
+            return int(r["round"]), float(r.get("virtual_time_s") or 0.0)
+    return None, None
+
+
+def summarize(loaded: Loaded, target: float) -> list[dict[str, Any]]:
+    groups: dict[str, list[Run]] = {}
+    for run in loaded.runs:
+        groups.setdefault(run.group, []).append(run)
+    rows = []
+    for group, runs in groups.items():
+        finals = [r.summary.get("final_central_acc") for r in runs]
+        bests = [r.summary.get("best_central_acc") for r in runs]
+        reach = [to_target(r.records, target) for r in runs]
+        rounds = [t[0] for t in reach if t[0] is not None]
+        vtimes = [t[1] for t in reach if t[1] is not None]
+        psnr = [x["probe_psnr_mean"] for r in runs for x in r.records if x.get("probe_psnr_mean") is not None]
+        fm, fs = _mean_std(finals)
+        bm, bs = _mean_std(bests)
+        rows.append({
+            "config": group, "seeds": len(runs),
+            "final_acc_mean": fm, "final_acc_std": fs, "best_acc_mean": bm, "best_acc_std": bs,
+            "target": target, "reached": len(rounds),
+            "rounds_to_target": statistics.mean(rounds) if rounds else None,
+            "virtual_s_to_target": statistics.mean(vtimes) if vtimes else None,
+            "bytes_total_mean": statistics.mean(r.summary.get("bytes_up", 0) + r.summary.get("bytes_down", 0)
+                                                + r.summary.get("bytes_shared", 0) for r in runs),
+            "virtual_time_s_mean": statistics.mean(r.summary.get("virtual_time_s") or 0.0 for r in runs),
+            "probe_psnr_mean": statistics.mean(psnr) if psnr else None,
+            "client_failures": sum(int(r.summary.get("client_failures", 0)) for r in runs),
+            "failed_cells": sum(1 for f in loaded.failed if f["label"] == group),
+            "overrides": runs[0].overrides,
+        })
+    for f in loaded.failed:  # configurations whose every seed failed
+        if f["label"] not in groups and not any(r["config"] == f["label"] for r in rows):
+            rows.append({"config": f["label"], "seeds": 0, "final_acc_mean": None, "final_acc_std": None,
+                         "best_acc_mean": None, "best_acc_std": None, "target": target, "reached": 0,
+                         "rounds_to_target": None, "virtual_s_to_target": None, "bytes_total_mean": None,
+                         "virtual_time_s_mean": None, "probe_psnr_mean": None, "client_failures": 0,
+                         "failed_cells": sum(1 for g in loaded.failed if g["label"] == f["label"]), "overrides": {}})
+    return rows
+
+
+CSV_FIELDS = ["config", "seeds", "final_acc_mean", "final_acc_std", "best_acc_mean", "best_acc_std", "target",
+              "reached", "rounds_to_target", "virtual_s_to_target", "bytes_total_mean", "virtual_time_s_mean",
+              "probe_psnr_mean", "client_failures", "failed_cells"]
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else r[k]) for k in CSV_FIELDS})
+    return path
+
+
+def fmt(value: Any, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"runs compared (target accuracy {rows[0]['target'] if rows else '-'})")
+    for col, justify in (("configuration", "left"), ("seeds", "right"), ("final acc", "right"), ("best acc", "right"),
+                         ("rounds to target", "right"), ("virtual s to target", "right"), ("MB total", "right"),
+                         ("PSNR dB", "right"), ("failures", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for r in rows:
+        table.add_row(
+            r["config"], str(r["seeds"]),
+            f"{fmt(r['final_acc_mean'])} ± {fmt(r['final_acc_std'])}",
+            f"{fmt(r['best_acc_mean'])} ± {fmt(r['best_acc_std'])}",
+            f"{fmt(r['rounds_to_target'], '.1f')} ({r['reached']}/{r['seeds']})",
+            fmt(r["virtual_s_to_target"], ".1f"),
+            fmt(None if r["bytes_total_mean"] is None else r["bytes_total_mean"] / 1e6, ".2f"),
+            fmt(r["probe_psnr_mean"], ".1f"),
+            f"{r['client_failures']} clients, {r['failed_cells']} cells")
+    Console().print(table)

@@ -1,0 +1,64 @@
+"""Optional experiment tracking: TensorBoard and MLflow, written next to the run's results.
+
+``[report] tensorboard = true`` writes event files to ``<run>/tensorboard``;
+``[report] mlflow = true`` logs the flattened config as parameters and every numeric
+per-round field as a metric (step = round) to a local MLflow store,
+``sqlite:///<run>/mlflow.db`` — no server needed. Both are optional installs
+(``pip install "fedsim[tracking]"``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from fedsim.errors import ConfigError
+
+
+def numeric(record: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in record.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)) and k != "round"}
+
+
+class Tracker:
+    def __init__(self, out: Path, run_name: str, params: dict[str, str], tensorboard: bool, mlflow: bool) -> None:
+        self._tb = None
+        self._mlflow = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("report.tensorboard", True,
+                                  'needs the tensorboard package: pip install "fedsim[tracking]"') from None
+            self._tb = SummaryWriter(str(out / "tensorboard"))
+            self._tb.add_text("config", "\n".join(f"    {k} = {v}" for k, v in sorted(params.items())))
+        if mlflow:
+            try:
+                import mlflow as mlf
+            except ImportError:
+                raise ConfigError("report.mlflow", True, 'needs MLflow: pip install "fedsim[tracking]"') from None
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
+            logging.getLogger("alembic").setLevel(logging.WARNING)
+            self.mlflow_uri = f"sqlite:///{(out / 'mlflow.db').resolve()}"
+            mlf.set_tracking_uri(self.mlflow_uri)
+            mlf.set_experiment(run_name)
+            self._run = mlf.start_run(run_name=out.name)
+            mlf.log_params({k: str(v)[:500] for k, v in params.items()})
+            self._mlflow = mlf
+
+    def log(self, record: dict[str, Any]) -> None:
+        values = numeric(record)
+        step = int(record.get("round", 0))
+        if self._tb is not None:
+            for k, v in values.items():
+                self._tb.add_scalar(k, v, step)
+        if self._mlflow is not None and values:
+            self._mlflow.log_metrics(values, step=step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._mlflow is not None:
+            self._mlflow.end_run()
