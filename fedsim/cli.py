@@ -16,13 +16,20 @@ from fedsim.errors import ConfigError
 
 
 def preset_path(name: str) -> Path | None:
-    path = resources.files("scenarios").joinpath("presets", f"{name}.toml")
+    """A shipped preset by name; ``benchmarks/<study>`` names the benchmark suite's sweeps."""
+    if not name or name.startswith(("/", ".")) or ".." in name.split("/"):
+        return None
+    path = resources.files("scenarios").joinpath("presets", *f"{name}.toml".split("/"))
     return Path(str(path)) if path.is_file() else None
 
 
 def list_presets() -> list[str]:
     folder = resources.files("scenarios").joinpath("presets")
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+    names = [p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml")]
+    bench = folder.joinpath("benchmarks")
+    if bench.is_dir():
+        names += [f"benchmarks/{p.name[:-5]}" for p in bench.iterdir() if p.name.endswith(".toml")]
+    return sorted(names)
 
 
 def resolve_scenario(arg: str) -> Path:

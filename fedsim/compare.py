@@ -29,7 +29,7 @@ class Run:
     seed: int
     records: list[dict[str, Any]]
     summary: dict[str, Any]
-    overrides: dict[str, Any]
+    point: dict[str, Any]  # sweep axis -> value ({} for a plain run folder)
 
 
 @dataclasses.dataclass
@@ -51,7 +51,7 @@ def load(paths: Sequence[str | Path]) -> Loaded:
             for cell in manifest["cells"]:
                 folder = p / cell["dir"]
                 if cell["status"] == "done" and (folder / SUMMARY).is_file():
-                    runs.append(_run(folder, cell["label"], int(cell["seed"]), cell["overrides"]))
+                    runs.append(_run(folder, cell["label"], int(cell["seed"]), cell.get("point", cell["overrides"])))
                 elif cell["status"] == "failed":
                     failed.append({"label": cell["label"], "seed": cell["seed"], "error": cell["error"]})
         elif (p / METRICS).is_file() and (p / SUMMARY).is_file():
@@ -62,8 +62,8 @@ def load(paths: Sequence[str | Path]) -> Loaded:
     return Loaded(runs, failed, axes)
 
 
-def _run(folder: Path, group: str, seed: int, overrides: dict[str, Any]) -> Run:
-    return Run(folder, group, seed, read_metrics(folder), json.loads((folder / SUMMARY).read_text()), overrides)
+def _run(folder: Path, group: str, seed: int, point: dict[str, Any]) -> Run:
+    return Run(folder, group, seed, read_metrics(folder), json.loads((folder / SUMMARY).read_text()), point)
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -74,9 +74,11 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def to_target(records: list[dict[str, Any]], target: float) -> tuple[int | None, float | None]:
+    """First round whose centralized accuracy reaches ``target``, and its virtual time."""
     for r in records:
         if r.get("central_acc") is not None and r["central_acc"] >= target:
-            return int(r["round"]), float(r.get("virtual_time_s") or 0.0)
+            vt = r.get("virtual_time_s")
+            return int(r["round"]), (None if vt is None else float(vt))
     return None, None
 
 
@@ -106,7 +108,7 @@ def summarize(loaded: Loaded, target: float) -> list[dict[str, Any]]:
             "probe_psnr_mean": statistics.mean(psnr) if psnr else None,
             "client_failures": sum(int(r.summary.get("client_failures", 0)) for r in runs),
             "failed_cells": sum(1 for f in loaded.failed if f["label"] == group),
-            "overrides": runs[0].overrides,
+            "point": runs[0].point,
         })
     for f in loaded.failed:  # configurations whose every seed failed
         if f["label"] not in groups and not any(r["config"] == f["label"] for r in rows):
@@ -114,7 +116,7 @@ def summarize(loaded: Loaded, target: float) -> list[dict[str, Any]]:
                          "best_acc_mean": None, "best_acc_std": None, "target": target, "reached": 0,
                          "rounds_to_target": None, "virtual_s_to_target": None, "bytes_total_mean": None,
                          "virtual_time_s_mean": None, "probe_psnr_mean": None, "client_failures": 0,
-                         "failed_cells": sum(1 for g in loaded.failed if g["label"] == f["label"]), "overrides": {}})
+                         "failed_cells": sum(1 for g in loaded.failed if g["label"] == f["label"]), "point": {}})
     return rows
 
 
@@ -124,12 +126,23 @@ CSV_FIELDS = ["config", "seeds", "final_acc_mean", "final_acc_std", "best_acc_me
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    """One row per configuration; a sweep's axes come first as their own columns."""
+    axes = list(dict.fromkeys(k for r in rows for k in r.get("point", {})))
+    fields = ["config", *axes, *CSV_FIELDS[1:]]
     with path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r[k]) for k in CSV_FIELDS})
+            cells = {k: ("" if r.get(k) is None else r[k]) for k in CSV_FIELDS}
+            cells.update({a: _cell(r.get("point", {}).get(a)) for a in axes})
+            w.writerow(cells)
     return path
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
 
 
 def fmt(value: Any, spec: str = ".4f") -> str:
@@ -155,4 +168,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             fmt(None if r["bytes_total_mean"] is None else r["bytes_total_mean"] / 1e6, ".2f"),
             fmt(r["probe_psnr_mean"], ".1f"),
             f"{r['client_failures']} clients, {r['failed_cells']} cells")
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # piped or captured: do not squeeze the table to 80 columns
+        console = Console(width=160)
+    console.print(table)

@@ -134,6 +134,7 @@ class ReportSection:
     flower_logs: bool = option(False, doc="show Flower's own INFO logs")
     tensorboard: bool = option(False, doc="also log rounds to <run>/tensorboard")
     mlflow: bool = option(False, doc="also log config and rounds to a local MLflow store, <run>/mlflow.db")
+    mlflow_uri: str = option("", doc='tracking URI instead of <run>/mlflow.db, e.g. "sqlite:///results/mlflow.db"')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,8 @@ import base64
 import datetime as dt
 import html
 import io
+import itertools
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -56,54 +58,110 @@ def _mean_curve(runs: list[Any], x_key: str) -> tuple[list[float], list[float], 
     return xs, ms, ss
 
 
+MAX_PANELS = 9
+
+
+def _panels(loaded: Loaded) -> list[tuple[str, list[Any]]]:
+    """Runs split into panels: one per combination of the axes after the first.
+
+    The first axis (the variants, else the first one written) gives the overlaid lines,
+    so each panel compares strategies under one heterogeneity setting. Without axes, or
+    with too many combinations, everything is one panel.
+    """
+    axes = list(loaded.axes)
+    rest = axes[1:]
+    if not rest:
+        return [("", loaded.runs)]
+    panels: dict[tuple[str, ...], list[Any]] = {}
+    for run in loaded.runs:
+        key = tuple(_label(run.point.get(a)) for a in rest)
+        panels.setdefault(key, []).append(run)
+    if len(panels) > MAX_PANELS:
+        return [("", loaded.runs)]
+    order = [tuple(_label(v) for v in combo) for combo in itertools.product(*(loaded.axes[a] for a in rest))]
+    return [(", ".join(f"{a}={v}" for a, v in zip(rest, key)), panels[key]) for key in order if key in panels]
+
+
+def _line_label(run: Any, axes: list[str]) -> str:
+    if not axes:
+        return run.group
+    first = axes[0]
+    value = _label(run.point.get(first))
+    return value if first == "variant" else f"{first}={value}"
+
+
 def plots(loaded: Loaded) -> list[tuple[str, str]]:
     plt = _pyplot()
-    groups: dict[str, list[Any]] = {}
-    for run in loaded.runs:
-        groups.setdefault(run.group, []).append(run)
+    from matplotlib.ticker import MaxNLocator
+
+    axes = list(loaded.axes)
+    panels = _panels(loaded)
+    faceted = len(panels) > 1
     out = []
     has_time = any((r.summary.get("virtual_time_s") or 0) > 0 for r in loaded.runs)
     for x_key, xlabel, title in (("round", "round", "Centralized accuracy vs round"),
                                  ("virtual_time_s", "virtual time (s)", "Centralized accuracy vs virtual time")):
         if x_key == "virtual_time_s" and not has_time:
             continue
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        for group, runs in groups.items():
-            xs, ms, ss = _mean_curve(runs, x_key)
-            line = ax.plot(xs, ms, label=group, drawstyle="steps-post" if x_key != "round" else "default")[0]
-            if len(runs) > 1:
-                ax.fill_between(xs, np.array(ms) - ss, np.array(ms) + ss, alpha=0.15, color=line.get_color(),
-                                step="post" if x_key != "round" else None)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("centralized accuracy (mean over seeds)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ncols = min(3, len(panels))
+        nrows = math.ceil(len(panels) / ncols)
+        fig, grid = plt.subplots(nrows, ncols, figsize=(8 if ncols == 1 else 4.6 * ncols, 4.5 if nrows == 1 else 3.6 * nrows),
+                                 sharey=True, squeeze=False)
+        colors: dict[str, Any] = {}
+        for idx, (panel_title, runs) in enumerate(panels):
+            ax = grid[idx // ncols][idx % ncols]
+            lines: dict[str, list[Any]] = {}
+            for run in runs:
+                lines.setdefault(_line_label(run, axes) if faceted else run.group, []).append(run)
+            for name, group in lines.items():
+                xs, ms, ss = _mean_curve(group, x_key)
+                step = x_key != "round"
+                line = ax.plot(xs, ms, label=name, color=colors.get(name), drawstyle="steps-post" if step else "default")[0]
+                colors.setdefault(name, line.get_color())
+                if len(group) > 1:
+                    ax.fill_between(xs, np.array(ms) - ss, np.array(ms) + ss, alpha=0.15, color=line.get_color(),
+                                    step="post" if step else None)
+            ax.set_title(panel_title, fontsize=9)
+            if x_key == "round":
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel(xlabel)
+            ax.grid(alpha=0.3)
+            if idx % ncols == 0:
+                ax.set_ylabel("centralized accuracy\n(mean ± std over seeds)")
+            if idx == 0:
+                ax.legend(fontsize=7)
+        for idx in range(len(panels), nrows * ncols):
+            grid[idx // ncols][idx % ncols].set_visible(False)
         out.append((title, _png(fig)))
-    axes = list(loaded.axes)
     if len(axes) == 2:
-        a, b = axes
-        va, vb = loaded.axes[a], loaded.axes[b]
-        grid = np.full((len(va), len(vb)), np.nan)
-        for i, x in enumerate(va):
-            for j, y in enumerate(vb):
-                accs = [r.summary.get("final_central_acc") for r in loaded.runs
-                        if r.overrides.get(a) == x and r.overrides.get(b) == y and r.summary.get("final_central_acc") is not None]
-                if accs:
-                    grid[i, j] = statistics.mean(accs)
-        fig, ax = plt.subplots(figsize=(1.6 * len(vb) + 3, 1.0 * len(va) + 2))
-        im = ax.imshow(grid, cmap="viridis", aspect="auto")
-        ax.set_xticks(range(len(vb)), [_label(v) for v in vb])
-        ax.set_yticks(range(len(va)), [_label(v) for v in va])
-        ax.set_xlabel(b)
-        ax.set_ylabel(a)
-        for i in range(len(va)):
-            for j in range(len(vb)):
-                if not np.isnan(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center",
-                            color="white" if grid[i, j] < np.nanmean(grid) else "black")
-        fig.colorbar(im, ax=ax, label="final accuracy (mean over seeds)")
-        out.append((f"Final accuracy: {a} x {b}", _png(fig)))
+        out.append(_heatmap(plt, loaded, *axes))
     return out
+
+
+def _heatmap(plt: Any, loaded: Loaded, a: str, b: str) -> tuple[str, str]:
+    va, vb = loaded.axes[a], loaded.axes[b]
+    grid = np.full((len(va), len(vb)), np.nan)
+    for i, x in enumerate(va):
+        for j, y in enumerate(vb):
+            accs = [r.summary.get("final_central_acc") for r in loaded.runs
+                    if r.point.get(a) == x and r.point.get(b) == y and r.summary.get("final_central_acc") is not None]
+            if accs:
+                grid[i, j] = statistics.mean(accs)
+    fig, ax = plt.subplots(figsize=(1.8 * len(vb) + 3.5, 0.8 * len(va) + 2))
+    im = ax.imshow(grid, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(vb)), [_label(v) for v in vb])
+    ax.set_yticks(range(len(va)), [_label(v) for v in va])
+    ax.set_xlabel(b)
+    ax.set_ylabel(a)
+    finite = grid[np.isfinite(grid)]
+    mid = float(finite.mean()) if finite.size else 0.0
+    for i in range(len(va)):
+        for j in range(len(vb)):
+            text = "failed" if np.isnan(grid[i, j]) else f"{grid[i, j]:.3f}"
+            ax.text(j, i, text, ha="center", va="center",
+                    color="white" if np.isnan(grid[i, j]) or grid[i, j] < mid else "black")
+    fig.colorbar(im, ax=ax, label="final accuracy (mean over seeds)")
+    return f"Final accuracy: {a} x {b}", _png(fig)
 
 
 def _label(v: Any) -> str:
@@ -117,6 +175,7 @@ body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+td:not(:first-child) { white-space: nowrap; }
 img { max-width: 100%; display: block; margin: 0.5em 0 1.5em; }
 .failed td { background: #fdecea; } code { background: #f6f6f6; padding: 0 3px; }
 """

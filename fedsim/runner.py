@@ -129,7 +129,7 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
             from fedsim.tracking import Tracker
 
             tracker = Tracker(out, cfg.run.name, run_config if cfg.client.app == "fedsim" else to_run_config(cfg),
-                              cfg.report.tensorboard, cfg.report.mlflow)
+                              cfg.report.tensorboard, cfg.report.mlflow, cfg.report.mlflow_uri)
 
         def on_record(record: dict[str, Any]) -> None:
             if writer is not None:

@@ -10,6 +10,13 @@ A scenario file may carry a ``[sweep]`` table::
     "strategy.name" = ["fedavg", "fedprox"]
     "data.partitioner.alpha" = [0.1, 1.0]
 
+Several keys that must change together form one axis of named ``variants`` (it comes
+first, before the ``axes``)::
+
+    [sweep.variants]
+    "FedAvg, drop stragglers" = { "strategy.name" = "fedavg", "round.policy" = "deadline" }
+    "FedProx mu=1" = { "strategy.name" = "fedprox", "strategy.proximal_mu" = 1.0, "round.policy" = "partial_work" }
+
 ``fedsim sweep FILE`` expands the cartesian product (axes in the order written, seeds
 last), validates every cell before running any, runs them (each deterministic), and
 keeps ``sweep.json`` in the output folder: every cell's overrides, seed, folder, status
@@ -45,15 +52,20 @@ MANIFEST = "sweep.json"
 @dataclasses.dataclass(frozen=True)
 class SweepSection:
     axes: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    variants: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     seeds: tuple[int, ...] = option((), ge=0, doc="seeds of every cell; empty = the scenario's run.seed")
     max_cells: int = option(64, ge=1, le=1_000_000, doc="a bigger grid needs --yes")
     parallel: int = option(0, ge=0, le=1024, doc="cells run at once; 0 = number of cores")
 
 
+VARIANT = "variant"
+
+
 @dataclasses.dataclass(frozen=True)
 class Cell:
     index: int
-    overrides: dict[str, Any]
+    point: dict[str, Any]  # axis -> value (the variant axis -> the variant's name)
+    overrides: dict[str, Any]  # dotted config key -> value, variants expanded
     seed: int
 
     @property
@@ -63,7 +75,7 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{k}={_short(v)}" for k, v in self.overrides.items()) or "base"
+        return ", ".join(str(v) if k == VARIANT else f"{k}={_short(v)}" for k, v in self.point.items()) or "base"
 
 
 def _short(value: Any) -> str:
@@ -95,6 +107,7 @@ class Sweep:
     spec: SweepSection
     cells: list[Cell]
     source: str
+    axes: dict[str, list[Any]]
 
     def config(self, cell: Cell) -> Config:
         raw = copy.deepcopy(self.base)
@@ -115,27 +128,57 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     if "sweep" not in raw:
         raise ConfigError("sweep", None, "required: this scenario has no [sweep] table to expand")
     spec = parse(SweepSection, raw.pop("sweep"), "sweep")
-    if not spec.axes and not spec.seeds:
-        raise ConfigError("sweep.axes", {}, "needs at least one axis or several seeds")
+    if not spec.axes and not spec.variants and len(spec.seeds) < 2:
+        raise ConfigError("sweep.axes", {}, "needs at least one axis, variants, or several seeds")
     for key, values in spec.axes.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep.axes.{key}", values, "must be a non-empty list of values")
+        if key == VARIANT:
+            raise ConfigError("sweep.axes.variant", values, "is reserved: declare [sweep.variants] instead")
+    for name, edits in spec.variants.items():
+        if not isinstance(edits, Mapping) or not edits:
+            raise ConfigError(f"sweep.variants.{name}", edits, 'must be a non-empty table of "key" = value')
+        clash = sorted(set(edits) & set(spec.axes))
+        if clash:
+            raise ConfigError(f"sweep.variants.{name}", clash[0], "is also a sweep axis; set it in one place")
+    if len(set(spec.seeds)) != len(spec.seeds):
+        raise ConfigError("sweep.seeds", list(spec.seeds), "must not repeat a seed")
     seeds = list(spec.seeds) or [int(raw.get("run", {}).get("seed", 0))]
-    keys = list(spec.axes)
-    combos = list(itertools.product(*(spec.axes[k] for k in keys))) if keys else [()]
-    cells = [Cell(i, dict(zip(keys, combo)), seed)
-             for i, (combo, seed) in enumerate(itertools.product(combos, seeds))]
-    sweep = Sweep(base=raw, spec=spec, cells=cells, source=str(path))
+    axes: dict[str, list[Any]] = ({VARIANT: list(spec.variants)} if spec.variants else {})
+    axes.update({k: list(v) for k, v in spec.axes.items()})
+    keys = list(axes)
+    combos = list(itertools.product(*(axes[k] for k in keys))) if keys else [()]
+    cells = []
+    for i, (combo, seed) in enumerate(itertools.product(combos, seeds)):
+        point = dict(zip(keys, combo))
+        overrides = {}
+        for k, v in point.items():
+            overrides.update(dict(spec.variants[v]) if k == VARIANT else {k: v})
+        cells.append(Cell(i, point, overrides, seed))
+    sweep = Sweep(base=raw, spec=spec, cells=cells, source=str(path), axes=axes)
     # Validate every cell before running any: an axis naming an unknown key fails here.
     for cell in cells:
         try:
             sweep.config(cell)
         except ConfigError as exc:
-            axis = next((k for k in keys if exc.field == k or exc.field.startswith(k + ".") or k.startswith(exc.field)), None)
-            if axis is not None:
-                raise ConfigError(f"sweep.axes.{axis}", exc.value, exc.allowed) from None
-            raise
+            raise _blame(exc, cell, spec) from None
     return sweep
+
+
+def _blame(exc: ConfigError, cell: Cell, spec: SweepSection) -> ConfigError:
+    """Name the sweep axis (or variant) behind a cell's configuration error."""
+    def hits(key: str) -> bool:
+        return exc.field == key or exc.field.startswith(key + ".") or key.startswith(exc.field + ".")
+
+    for key in spec.axes:
+        if hits(key):
+            return ConfigError(f"sweep.axes.{key}", exc.value, exc.allowed)
+    name = cell.point.get(VARIANT)
+    if name is not None:
+        for key in spec.variants[name]:
+            if hits(key):
+                return ConfigError(f"sweep.variants.{name}.{key}", exc.value, exc.allowed)
+    return exc
 
 
 def _run_cell(payload: tuple[dict[str, Any], str]) -> tuple[str, str | None, float]:
@@ -163,12 +206,12 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, *, yes: bool = False, parallel:
     manifest_path = out / MANIFEST
     previous = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     entries = {c["id"]: c for c in previous.get("cells", [])}
-    manifest = {"scenario": sweep.source, "axes": {k: list(v) for k, v in sweep.spec.axes.items()},
+    manifest = {"scenario": sweep.source, "axes": sweep.axes,
                 "seeds": sorted({c.seed for c in sweep.cells}), "cells": []}
     todo = []
     for cell in sweep.cells:
         folder = out / cell.id
-        entry = {"id": cell.id, "index": cell.index, "label": cell.label, "overrides": cell.overrides,
+        entry = {"id": cell.id, "index": cell.index, "label": cell.label, "point": cell.point, "overrides": cell.overrides,
                  "seed": cell.seed, "dir": cell.id}
         if (folder / "summary.json").exists():
             entry.update(status="done", error=None, wall_s=entries.get(cell.id, {}).get("wall_s"))

@@ -3,7 +3,9 @@
 ``[report] tensorboard = true`` writes event files to ``<run>/tensorboard``;
 ``[report] mlflow = true`` logs the flattened config as parameters and every numeric
 per-round field as a metric (step = round) to a local MLflow store,
-``sqlite:///<run>/mlflow.db`` — no server needed. Both are optional installs
+``sqlite:///<run>/mlflow.db`` — no server needed — or to ``[report] mlflow_uri``
+(e.g. one sqlite file shared by a sweep's cells: experiment = run name, one MLflow run per
+results folder). Both are optional installs
 (``pip install "fedsim[tracking]"``).
 """
 
@@ -23,7 +25,8 @@ def numeric(record: dict[str, Any]) -> dict[str, float]:
 
 
 class Tracker:
-    def __init__(self, out: Path, run_name: str, params: dict[str, str], tensorboard: bool, mlflow: bool) -> None:
+    def __init__(self, out: Path, run_name: str, params: dict[str, str], tensorboard: bool, mlflow: bool,
+                 mlflow_uri: str = "") -> None:
         self._tb = None
         self._mlflow = None
         if tensorboard:
@@ -41,7 +44,7 @@ class Tracker:
                 raise ConfigError("report.mlflow", True, 'needs MLflow: pip install "fedsim[tracking]"') from None
             logging.getLogger("mlflow").setLevel(logging.WARNING)
             logging.getLogger("alembic").setLevel(logging.WARNING)
-            self.mlflow_uri = f"sqlite:///{(out / 'mlflow.db').resolve()}"
+            self.mlflow_uri = mlflow_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
             mlf.set_tracking_uri(self.mlflow_uri)
             mlf.set_experiment(run_name)
             self._run = mlf.start_run(run_name=out.name)
