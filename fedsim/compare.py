@@ -92,7 +92,8 @@ def summarize(loaded: Loaded, target: float) -> list[dict[str, Any]]:
         bests = [r.summary.get("best_central_acc") for r in runs]
         reach = [to_target(r.records, target) for r in runs]
         rounds = [t[0] for t in reach if t[0] is not None]
-        vtimes = [t[1] for t in reach if t[1] is not None]
+        clocked = any((r.summary.get("virtual_time_s") or 0) > 0 for r in runs)  # else no virtual clock
+        vtimes = [t[1] for t in reach if t[1] is not None] if clocked else []
         psnr = [x["probe_psnr_mean"] for r in runs for x in r.records if x.get("probe_psnr_mean") is not None]
         fm, fs = _mean_std(finals)
         bm, bs = _mean_std(bests)
@@ -104,7 +105,8 @@ def summarize(loaded: Loaded, target: float) -> list[dict[str, Any]]:
             "virtual_s_to_target": statistics.mean(vtimes) if vtimes else None,
             "bytes_total_mean": statistics.mean(r.summary.get("bytes_up", 0) + r.summary.get("bytes_down", 0)
                                                 + r.summary.get("bytes_shared", 0) for r in runs),
-            "virtual_time_s_mean": statistics.mean(r.summary.get("virtual_time_s") or 0.0 for r in runs),
+            "virtual_time_s_mean": (statistics.mean(r.summary.get("virtual_time_s") or 0.0 for r in runs)
+                                    if clocked else None),
             "probe_psnr_mean": statistics.mean(psnr) if psnr else None,
             "client_failures": sum(int(r.summary.get("client_failures", 0)) for r in runs),
             "failed_cells": sum(1 for f in loaded.failed if f["label"] == group),
