@@ -126,10 +126,9 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
         progress = RoundProgress(cfg.run.rounds, cfg.run.name, enabled=cfg.report.progress)
         tracker = None
         if out is not None and (cfg.report.tensorboard or cfg.report.mlflow):
-            from fedsim.tracking import Tracker
+            from fedsim.tracking import Tracker, flatten
 
-            tracker = Tracker(out, cfg.run.name, run_config if cfg.client.app == "fedsim" else to_run_config(cfg),
-                              cfg.report.tensorboard, cfg.report.mlflow, cfg.report.mlflow_uri)
+            tracker = Tracker(out, cfg.run.name, flatten(cfg.to_dict()), cfg.report.tensorboard, cfg.report.mlflow, cfg.report.mlflow_uri)
 
         def on_record(record: dict[str, Any]) -> None:
             if writer is not None:

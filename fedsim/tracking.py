@@ -11,12 +11,31 @@ results folder). Both are optional installs
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
 from typing import Any
 
 from fedsim.errors import ConfigError
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Dotted keys to plain strings (lists and inline tables as JSON): MLflow params, TensorBoard text."""
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and not (set(value) == {"name"}):
+            out.update(flatten(value, name + "."))
+        elif isinstance(value, dict):
+            out[name] = str(value.get("name", "{}"))
+        elif value is None:
+            continue
+        elif isinstance(value, (list, tuple)):
+            out[name] = json.dumps(list(value), default=str)
+        else:
+            out[name] = str(value)
+    return out
 
 
 def numeric(record: dict[str, Any]) -> dict[str, float]:
