@@ -73,13 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p_sweep.add_argument("--parallel", type=int, default=None, help="cells at once (default: sweep.parallel or cores)")
     p_sweep.add_argument("--yes", action="store_true", help="run even if the grid exceeds sweep.max_cells")
-    p_sweep.add_argument("--target", type=float, default=0.8, help="target accuracy for the report")
+    p_sweep.add_argument("--target", type=float, default=None, help="target accuracy for the report (default: sweep.target)")
 
     for name, text in (("report", "an HTML report and summary.csv comparing run or sweep folders"),
                        ("compare", "a table in the terminal comparing run or sweep folders")):
         p = sub.add_parser(name, help=text)
         p.add_argument("dirs", nargs="+", help="run folders and/or sweep folders")
-        p.add_argument("--target", type=float, default=0.8, help="target accuracy (rounds / virtual time to reach it)")
+        p.add_argument("--target", type=float, default=None,
+                       help="target accuracy (rounds / virtual time to reach it); default: the sweep's, else 0.8")
         if name == "report":
             p.add_argument("--out", default=None, help="HTML file (default: <first DIR>/report.html)")
 
@@ -87,11 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def write_report(dirs: list[str], target: float, out: str | None) -> tuple[Path, Path]:
+def write_report(dirs: list[str], target: float | None, out: str | None) -> tuple[Path, Path]:
     from fedsim import compare, htmlreport
 
     loaded = compare.load(dirs)
-    rows = compare.summarize(loaded, target)
+    rows = compare.summarize(loaded, compare.check_target(target if target is not None else loaded.target))
     html_path = Path(out) if out else Path(dirs[0]) / "report.html"
     html_path.parent.mkdir(parents=True, exist_ok=True)
     htmlreport.write(loaded, rows, html_path, dirs)
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sweep":
             from fedsim.sweep import load_sweep, run_sweep
 
+            if args.parallel is not None and args.parallel < 1:
+                raise ConfigError("--parallel", args.parallel, "must be a number of processes >= 1")
             sweep = load_sweep(resolve_scenario(args.scenario), args.overrides)
             name = sweep.base.get("run", {}).get("name", "sweep")
             out = Path(args.out) if args.out else Path("results") / f"{name}-sweep"
@@ -145,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "compare":
             from fedsim import compare
 
-            compare.print_table(compare.summarize(compare.load(args.dirs), args.target))
+            loaded = compare.load(args.dirs)
+            target = compare.check_target(args.target if args.target is not None else loaded.target)
+            compare.print_table(compare.summarize(loaded, target))
             return 0
         if args.command == "run-app":
             from fedsim.runapp import run_app

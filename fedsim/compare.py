@@ -37,15 +37,25 @@ class Loaded:
     runs: list[Run]
     failed: list[dict[str, Any]]  # sweep cells that failed: label, seed, error
     axes: dict[str, list[Any]]
+    target: float = 0.8  # the first sweep's target accuracy, else 0.8
+
+
+def check_target(target: float) -> float:
+    if not (0.0 < target <= 1.0):
+        raise ConfigError("--target", target, "must be an accuracy in (0, 1]")
+    return target
 
 
 def load(paths: Sequence[str | Path]) -> Loaded:
     runs: list[Run] = []
     failed: list[dict[str, Any]] = []
     axes: dict[str, list[Any]] = {}
+    targets: list[float] = []
     for p in map(Path, paths):
         if (p / MANIFEST).is_file():
             manifest = json.loads((p / MANIFEST).read_text())
+            if "target" in manifest:
+                targets.append(float(manifest["target"]))
             for k, v in manifest.get("axes", {}).items():
                 axes.setdefault(k, list(v))
             for cell in manifest["cells"]:
@@ -59,7 +69,7 @@ def load(paths: Sequence[str | Path]) -> Loaded:
             runs.append(_run(p, f"{summary.get('name', p.name)} ({p.name})", int(summary.get("seed", 0)), {}))
         else:
             raise ConfigError("DIR", str(p), "is neither a run folder (metrics.jsonl, summary.json) nor a sweep (sweep.json)")
-    return Loaded(runs, failed, axes)
+    return Loaded(runs, failed, axes, targets[0] if targets else 0.8)
 
 
 def _run(folder: Path, group: str, seed: int, point: dict[str, Any]) -> Run:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from fedsim.compare import Loaded, fmt
+from fedsim.sweep import describe
 
 
 def _png(fig: Any) -> str:
@@ -165,9 +166,7 @@ def _heatmap(plt: Any, loaded: Loaded, a: str, b: str) -> tuple[str, str]:
 
 
 def _label(v: Any) -> str:
-    if isinstance(v, dict):
-        return str(v.get("name", v))
-    return str(v)
+    return describe(v)
 
 
 STYLE = """

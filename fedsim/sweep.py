@@ -56,6 +56,7 @@ class SweepSection:
     seeds: tuple[int, ...] = option((), ge=0, doc="seeds of every cell; empty = the scenario's run.seed")
     max_cells: int = option(64, ge=1, le=1_000_000, doc="a bigger grid needs --yes")
     parallel: int = option(0, ge=0, le=1024, doc="cells run at once; 0 = number of cores")
+    target: float = option(0.8, gt=0.0, le=1.0, doc="the report's target accuracy (rounds and virtual time to reach it)")
 
 
 VARIANT = "variant"
@@ -78,10 +79,19 @@ class Cell:
         return ", ".join(str(v) if k == VARIANT else f"{k}={_short(v)}" for k, v in self.point.items()) or "base"
 
 
-def _short(value: Any) -> str:
+def describe(value: Any) -> str:
+    """A short, unambiguous label: ``shards(shards_per_client=2)``, ``[int8, topk(k=0.1)]``."""
     if isinstance(value, Mapping):
-        return str(value.get("name", json.dumps(dict(value), default=str)))
-    return json.dumps(value) if isinstance(value, str) else str(value)
+        rest = ", ".join(f"{k}={describe(v)}" for k, v in value.items() if k != "name")
+        if "name" in value:
+            return f"{value['name']}({rest})" if rest else str(value["name"])
+        return "{" + rest + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(describe(v) for v in value) + "]"
+    return str(value)
+
+
+_short = describe
 
 
 def set_value(raw: dict[str, Any], key: str, value: Any) -> None:
@@ -206,7 +216,7 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, *, yes: bool = False, parallel:
     manifest_path = out / MANIFEST
     previous = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     entries = {c["id"]: c for c in previous.get("cells", [])}
-    manifest = {"scenario": sweep.source, "axes": sweep.axes,
+    manifest = {"scenario": sweep.source, "target": sweep.spec.target, "axes": sweep.axes,
                 "seeds": sorted({c.seed for c in sweep.cells}), "cells": []}
     todo = []
     for cell in sweep.cells:
