@@ -13,7 +13,7 @@ import dataclasses
 import json
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,8 @@ def load(paths: Sequence[str | Path]) -> Loaded:
                 if cell["status"] == "done" and (folder / SUMMARY).is_file():
                     runs.append(_run(folder, cell["label"], int(cell["seed"]), cell.get("point", cell["overrides"])))
                 elif cell["status"] == "failed":
-                    failed.append({"label": cell["label"], "seed": cell["seed"], "error": cell["error"]})
+                    failed.append({"label": cell["label"], "seed": cell["seed"], "error": cell["error"],
+                                   "point": cell.get("point", {})})
         elif (p / METRICS).is_file() and (p / SUMMARY).is_file():
             summary = json.loads((p / SUMMARY).read_text())
             runs.append(_run(p, f"{summary.get('name', p.name)} ({p.name})", int(summary.get("seed", 0)), {}))
@@ -113,6 +114,7 @@ def summarize(loaded: Loaded, target: float) -> list[dict[str, Any]]:
             "target": target, "reached": len(rounds),
             "rounds_to_target": statistics.mean(rounds) if rounds else None,
             "virtual_s_to_target": statistics.mean(vtimes) if vtimes else None,
+            "bytes_up_mean": statistics.mean(r.summary.get("bytes_up", 0) for r in runs),
             "bytes_total_mean": statistics.mean(r.summary.get("bytes_up", 0) + r.summary.get("bytes_down", 0)
                                                 + r.summary.get("bytes_shared", 0) for r in runs),
             "virtual_time_s_mean": (statistics.mean(r.summary.get("virtual_time_s") or 0.0 for r in runs)
@@ -126,14 +128,14 @@ def summarize(loaded: Loaded, target: float) -> list[dict[str, Any]]:
         if f["label"] not in groups and not any(r["config"] == f["label"] for r in rows):
             rows.append({"config": f["label"], "seeds": 0, "final_acc_mean": None, "final_acc_std": None,
                          "best_acc_mean": None, "best_acc_std": None, "target": target, "reached": 0,
-                         "rounds_to_target": None, "virtual_s_to_target": None, "bytes_total_mean": None,
+                         "rounds_to_target": None, "virtual_s_to_target": None, "bytes_up_mean": None, "bytes_total_mean": None,
                          "virtual_time_s_mean": None, "probe_psnr_mean": None, "client_failures": 0,
-                         "failed_cells": sum(1 for g in loaded.failed if g["label"] == f["label"]), "point": {}})
+                         "failed_cells": sum(1 for g in loaded.failed if g["label"] == f["label"]), "point": f["point"]})
     return rows
 
 
 CSV_FIELDS = ["config", "seeds", "final_acc_mean", "final_acc_std", "best_acc_mean", "best_acc_std", "target",
-              "reached", "rounds_to_target", "virtual_s_to_target", "bytes_total_mean", "virtual_time_s_mean",
+              "reached", "rounds_to_target", "virtual_s_to_target", "bytes_up_mean", "bytes_total_mean", "virtual_time_s_mean",
               "probe_psnr_mean", "client_failures", "failed_cells"]
 
 
@@ -161,26 +163,47 @@ def fmt(value: Any, spec: str = ".4f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _mb(value: float | None) -> str:
+    return fmt(None if value is None else value / 1e6, ".2f")
+
+
+# Display columns shared by the terminal table and the HTML page: (header, cell).
+METRIC_COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+    ("seeds", lambda r: str(r["seeds"])),
+    ("final acc", lambda r: f"{fmt(r['final_acc_mean'])} ± {fmt(r['final_acc_std'])}"),
+    ("best acc", lambda r: f"{fmt(r['best_acc_mean'])} ± {fmt(r['best_acc_std'])}"),
+    ("rounds to target", lambda r: f"{fmt(r['rounds_to_target'], '.1f')} ({r['reached']}/{r['seeds']})"),
+    ("virtual s to target", lambda r: fmt(r["virtual_s_to_target"], ".1f")),
+    ("MB up", lambda r: _mb(r["bytes_up_mean"])),
+    ("MB total", lambda r: _mb(r["bytes_total_mean"])),
+    ("leakage PSNR dB", lambda r: fmt(r["probe_psnr_mean"], ".1f")),
+    ("failures", lambda r: f"{r['client_failures']} clients, {r['failed_cells']} cells"),
+]
+
+
+def label_columns(rows: list[dict[str, Any]]) -> tuple[list[str], Callable[[dict[str, Any]], list[str]]]:
+    """A sweep's rows are labelled by one column per axis; other runs by their name."""
+    from fedsim.sweep import describe
+
+    axes = list(dict.fromkeys(k for r in rows for k in r.get("point", {})))
+    if axes and all(r.get("point") for r in rows):
+        return axes, lambda r: [describe(r["point"].get(a, "-")) for a in axes]
+    return ["configuration"], lambda r: [r["config"]]
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"runs compared (target accuracy {rows[0]['target'] if rows else '-'})")
-    for col, justify in (("configuration", "left"), ("seeds", "right"), ("final acc", "right"), ("best acc", "right"),
-                         ("rounds to target", "right"), ("virtual s to target", "right"), ("MB total", "right"),
-                         ("PSNR dB", "right"), ("failures", "right")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    headers, labels = label_columns(rows)
+    for col in headers:
+        table.add_column(col, justify="left", overflow="fold")
+    for col, _ in METRIC_COLUMNS:
+        table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(
-            r["config"], str(r["seeds"]),
-            f"{fmt(r['final_acc_mean'])} ± {fmt(r['final_acc_std'])}",
-            f"{fmt(r['best_acc_mean'])} ± {fmt(r['best_acc_std'])}",
-            f"{fmt(r['rounds_to_target'], '.1f')} ({r['reached']}/{r['seeds']})",
-            fmt(r["virtual_s_to_target"], ".1f"),
-            fmt(None if r["bytes_total_mean"] is None else r["bytes_total_mean"] / 1e6, ".2f"),
-            fmt(r["probe_psnr_mean"], ".1f"),
-            f"{r['client_failures']} clients, {r['failed_cells']} cells")
+        table.add_row(*labels(r), *(cell(r) for _, cell in METRIC_COLUMNS))
     console = Console()
     if not console.is_terminal:  # piped or captured: do not squeeze the table to 80 columns
-        console = Console(width=160)
+        console = Console(width=200)
     console.print(table)

@@ -12,6 +12,7 @@ import datetime as dt
 import html
 import io
 import itertools
+import textwrap
 import math
 import statistics
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.compare import Loaded, fmt
+from fedsim.compare import METRIC_COLUMNS, Loaded, label_columns
 from fedsim.sweep import describe
 
 
@@ -122,7 +123,7 @@ def plots(loaded: Loaded) -> list[tuple[str, str]]:
                 if len(group) > 1:
                     ax.fill_between(xs, np.array(ms) - ss, np.array(ms) + ss, alpha=0.15, color=line.get_color(),
                                     step="post" if step else None)
-            ax.set_title(panel_title, fontsize=9)
+            ax.set_title("\n".join(textwrap.wrap(panel_title, 60)), fontsize=8)
             if x_key == "round":
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel(xlabel)
@@ -173,8 +174,8 @@ STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
-th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
-td:not(:first-child) { white-space: nowrap; }
+th { background: #f3f3f3; } td.label, th.label { text-align: left; }
+td:not(.label) { white-space: nowrap; }
 img { max-width: 100%; display: block; margin: 0.5em 0 1.5em; }
 .failed td { background: #fdecea; } code { background: #f6f6f6; padding: 0 3px; }
 """
@@ -188,19 +189,15 @@ def write(loaded: Loaded, rows: list[dict[str, Any]], path: Path, sources: list[
              f"<p>Sources: {', '.join('<code>' + e(s) + '</code>' for s in sources)}. "
              f"{len(loaded.runs)} runs, {len(rows)} configurations, target accuracy {rows[0]['target'] if rows else '-'}. "
              f"Generated {dt.datetime.now():%Y-%m-%d %H:%M}.</p>", "<h2>Summary</h2>", "<table>",
-             "<tr><th>configuration</th><th>seeds</th><th>final acc</th><th>best acc</th><th>rounds to target</th>"
-             "<th>virtual s to target</th><th>MB total</th><th>leakage PSNR dB</th><th>failures</th></tr>"]
+             ]
+    headers, labels = label_columns(rows)
+    parts.append("<tr>" + "".join(f"<th class=label>{e(h)}</th>" for h in headers)
+                 + "".join(f"<th>{e(c)}</th>" for c, _ in METRIC_COLUMNS) + "</tr>")
     for r in rows:
         cls = " class='failed'" if r["failed_cells"] else ""
-        parts.append(
-            f"<tr{cls}><td>{e(r['config'])}</td><td>{r['seeds']}</td>"
-            f"<td>{fmt(r['final_acc_mean'])} ± {fmt(r['final_acc_std'])}</td>"
-            f"<td>{fmt(r['best_acc_mean'])} ± {fmt(r['best_acc_std'])}</td>"
-            f"<td>{fmt(r['rounds_to_target'], '.1f')} ({r['reached']}/{r['seeds']})</td>"
-            f"<td>{fmt(r['virtual_s_to_target'], '.1f')}</td>"
-            f"<td>{fmt(None if r['bytes_total_mean'] is None else r['bytes_total_mean'] / 1e6, '.2f')}</td>"
-            f"<td>{fmt(r['probe_psnr_mean'], '.1f')}</td>"
-            f"<td>{r['client_failures']} clients, {r['failed_cells']} cells</td></tr>")
+        cells = [*labels(r), *(cell(r) for _, cell in METRIC_COLUMNS)]
+        parts.append(f"<tr{cls}>" + "".join(f"<td{' class=label' if i < len(headers) else ''}>{e(c)}</td>"
+                                             for i, c in enumerate(cells)) + "</tr>")
     parts.append("</table>")
     if loaded.failed:
         parts.append("<h2>Failed cells</h2><table><tr><th>configuration</th><th>seed</th><th>error</th></tr>")
