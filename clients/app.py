@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,7 +61,12 @@ def _runtime_cached(items: tuple[tuple[str, str], ...]) -> _Runtime:
 
 
 def runtime(context: Context) -> _Runtime:
-    return _runtime_cached(tuple(sorted((k, str(v)) for k, v in context.run_config.items())))
+    return runtime_for(context.run_config)
+
+
+def runtime_for(run_config: Mapping[str, Any]) -> _Runtime:
+    """The process-wide runtime (config, data, model) of a run, built once."""
+    return _runtime_cached(tuple(sorted((k, str(v)) for k, v in run_config.items())))
 
 
 def _records(msg: Message) -> tuple[str, ArrayRecord, str, ConfigRecord]:

@@ -114,7 +114,8 @@ class ServerSection:
 
 @dataclasses.dataclass(frozen=True)
 class ExecutorSection:
-    name: str = option("serial", choices=("serial", "ray"))
+    name: str = option("serial", choices=("serial", "ray", "vectorized"))
+    chunk: int = option(1024, ge=1, le=1_000_000, doc="vectorized: clients trained in one batched computation")
 
 
 @dataclasses.dataclass(frozen=True)

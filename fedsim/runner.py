@@ -241,4 +241,6 @@ def _executor_kwargs(cfg: Config) -> dict[str, Any]:
         r = cfg.ray
         return dict(address=r.address, num_actors=r.num_actors, cpus_per_actor=r.cpus_per_actor,
                     client_timeout=r.client_timeout, max_retries=r.max_retries, threads=cfg.client.threads)
+    if cfg.executor.name == "vectorized":
+        return dict(threads=cfg.client.threads, chunk=cfg.executor.chunk)
     return dict(threads=cfg.client.threads)

@@ -141,4 +141,8 @@ def make_executor(name: str, **kwargs: Any) -> Executor:
         from fedsim.executors.ray import RayExecutor
 
         return RayExecutor(**kwargs)
-    raise ConfigError("executor.name", name, "unknown executor; known: ray, serial")
+    if name == "vectorized":
+        from fedsim.executors.vectorized import VectorizedExecutor
+
+        return VectorizedExecutor(threads=kwargs.get("threads", 1), chunk=kwargs.get("chunk", 1024))
+    raise ConfigError("executor.name", name, "unknown executor; known: ray, serial, vectorized")

@@ -1,0 +1,156 @@
+"""Many clients' local SGD as one batched computation (``torch.func`` + ``vmap``).
+
+Every client keeps its own parameters (stacked along a leading client dimension), its
+own data, batch order, learning rate, proximal coefficient and number of steps. At step
+``t`` each client takes the same mini-batch the serial trainer would (the indices are
+drawn from the client's own generator in the same order), padded to the batch size and
+masked; a client that has finished its steps is frozen by a mask. One ``vmap`` of
+``grad`` over ``functional_call`` gives every client's gradient at once; the SGD update
+(weight decay, momentum, the FedProx term ``mu * (w - w_global)``) is applied
+elementwise. The numbers equal `clients.trainer.train`'s up to floating-point summation
+order.
+
+Applies to models without buffers, dropout or batch norm, and to plain SGD (no gradient
+quantization, no autocast): `unsupported` says why not otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from clients.trainer import TrainOutcome, TrainSettings
+
+STOCHASTIC = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+
+
+def unsupported(model: nn.Module, settings: TrainSettings | None = None) -> str | None:
+    """Why this model / these settings cannot be trained batched (None: they can)."""
+    if any(True for _ in model.buffers()):
+        return f"{type(model).__name__} has buffers (e.g. batch norm statistics)"
+    if any(isinstance(m, STOCHASTIC) for m in model.modules()):
+        return f"{type(model).__name__} uses dropout (its masks come from the per-client torch seed)"
+    if any(not p.requires_grad for p in model.parameters()):
+        return "the model has frozen parameters"
+    if settings is not None:
+        if settings.grad_bits:
+            return "client.grad_bits (quantized gradients) is set"
+        if settings.autocast != "none":
+            return "client.autocast is set"
+    return None
+
+
+@dataclasses.dataclass
+class Job:
+    """One client's local training."""
+
+    params: dict[str, torch.Tensor]  # its starting weights (the global model it received)
+    x: torch.Tensor
+    y: torch.Tensor
+    settings: TrainSettings
+    generator: torch.Generator
+
+
+def batch_schedule(n: int, settings: TrainSettings, generator: torch.Generator) -> list[torch.Tensor]:
+    """The serial trainer's mini-batch indices, step by step (same draws, same order)."""
+    total = settings.total_steps(n)
+    out: list[torch.Tensor] = []
+    perm = torch.empty(0, dtype=torch.long)
+    pos = n
+    for _ in range(total):
+        if pos >= n:
+            perm = torch.randperm(n, generator=generator)
+            pos = 0
+        out.append(perm[pos : pos + settings.batch_size])
+        pos += settings.batch_size
+    return out
+
+
+def train_many(model: nn.Module, jobs: Sequence[Job]) -> list[tuple[dict[str, torch.Tensor], TrainOutcome]]:
+    """Train every job's copy of ``model``; returns each client's weights and outcome."""
+    if not jobs:
+        return []
+    schedules = [batch_schedule(len(j.x), j.settings, j.generator) for j in jobs]
+    # Longest first: at step t the clients still training are a prefix, so each step works
+    # on views [:k] and finished clients cost nothing.
+    order = sorted(range(len(jobs)), key=lambda i: -len(schedules[i]))
+    jobs = [jobs[i] for i in order]
+    schedules = [schedules[i] for i in order]
+    c = len(jobs)
+    batch = max(j.settings.batch_size for j in jobs)
+    steps = len(schedules[0])
+    names = [name for name, _ in model.named_parameters()]
+
+    # Data of all clients in one tensor; each client's batches as global indices + mask.
+    offsets = [0]
+    for j in jobs:
+        offsets.append(offsets[-1] + len(j.x))
+    x_all = torch.cat([j.x for j in jobs])
+    y_all = torch.cat([j.y for j in jobs])
+    dtype = x_all.dtype if x_all.is_floating_point() else torch.float32
+    index = torch.zeros((steps, c, batch), dtype=torch.long)
+    mask = torch.zeros((steps, c, batch), dtype=dtype)
+    for i, sched in enumerate(schedules):
+        for t, idx in enumerate(sched):
+            index[t, i, : len(idx)] = idx + offsets[i]
+            mask[t, i, : len(idx)] = 1.0
+    counts = mask.sum(dim=2)  # [steps, c]: each client's batch size at each step
+    active = [sum(1 for s in schedules if len(s) > t) for t in range(steps)]
+
+    params = {n: torch.stack([j.params[n].detach().to(dtype) for j in jobs]) for n in names}
+
+    def per_client(values: list[float], like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype).reshape((-1,) + (1,) * (like.dim() - 1))
+
+    lr = {n: per_client([j.settings.lr for j in jobs], p) for n, p in params.items()}
+    mus = [j.settings.proximal_mu for j in jobs]
+    decays = [j.settings.weight_decay for j in jobs]
+    moms = [j.settings.momentum for j in jobs]
+    mu = {n: per_client(mus, p) for n, p in params.items()} if any(mus) else {}
+    decay = {n: per_client(decays, p) for n, p in params.items()} if any(decays) else {}
+    mom = {n: per_client(moms, p) for n, p in params.items()} if any(moms) else {}
+    anchor = {n: p.clone() for n, p in params.items()} if mu else {}
+    buffers: dict[str, torch.Tensor] = {}
+    loss_sum = torch.zeros(c, dtype=torch.float64)
+
+    def loss_fn(p: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor,
+                nb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ce = F.cross_entropy(functional_call(model, p, (xb,)), yb, reduction="none")
+        mean = (ce * mb).sum() / nb
+        return mean, mean.detach()
+
+    step_grads = vmap(grad(loss_fn, has_aux=True))
+    with torch.no_grad():
+        for t in range(steps):
+            k = active[t]
+            rows = index[t, :k]
+            live = {n: p[:k] for n, p in params.items()}
+            grads, ce = step_grads(live, x_all[rows], y_all[rows], mask[t, :k], counts[t, :k])
+            for n in names:
+                p, g = live[n], grads[n]
+                if decay:
+                    g = g + decay[n][:k] * p
+                if anchor:
+                    g = g + mu[n][:k] * (p - anchor[n][:k])
+                if mom:
+                    buf = buffers.get(n)
+                    if buf is None:  # torch.optim.SGD: the first step's buffer is the gradient
+                        buf = buffers[n] = g.clone()
+                    else:
+                        buf[:k].mul_(mom[n][:k]).add_(g)
+                    g = torch.where(mom[n][:k] > 0, buf[:k], g)
+                p.sub_(lr[n][:k] * g)
+            loss_sum[:k] += ce.double() * counts[t, :k].double()
+    out: list[tuple[dict[str, torch.Tensor], TrainOutcome]] = [None] * c  # type: ignore[list-item]
+    for i, sched in enumerate(schedules):
+        seen = int(sum(len(idx) for idx in sched))
+        outcome = TrainOutcome(loss=float(loss_sum[i]) / seen if seen else math.nan, steps=len(sched),
+                               examples_seen=seen)
+        out[order[i]] = ({n: params[n][i].clone() for n in names}, outcome)
+    return out

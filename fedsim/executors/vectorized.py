@@ -1,0 +1,141 @@
+"""The vectorized executor: fedsim's own clients' training, many clients in one computation.
+
+Training messages for fedsim's ClientApp are grouped (up to ``chunk`` clients) and
+trained together by `clients.vectorized.train_many`; the replies are the ones the
+ClientApp would have sent (same weights up to floating-point summation order, same
+metrics keys). Everything else — evaluation, other ClientApps, codecs, local DP, LoRA,
+models with dropout or batch norm, quantized gradients — runs client by client exactly
+as in the serial executor, and the first time that happens the run's log says why.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+
+from fedsim import keys, seeding
+from fedsim.executors.base import AppRef, Task, TaskResult, copy_content, execute, with_content
+from fedsim.executors.serial import SerialExecutor
+
+log = logging.getLogger("fedsim")
+FEDSIM_APP = "clients.app:app"
+
+
+class VectorizedExecutor(SerialExecutor):
+    def __init__(self, threads: int = 1, chunk: int = 1024) -> None:
+        super().__init__(threads=threads)
+        self.chunk = chunk
+        self._why_not: str | None = None  # a reason that holds for the whole run
+        self._said: set[str] = set()
+        self.batched_calls = 0  # train calls served batched (for tests and benchmarks)
+        self.serial_calls = 0
+
+    def start(self, app: AppRef, run_id: int, run_config: Mapping[str, Any]) -> None:
+        super().start(app, run_id, run_config)
+        self._why_not = self._static_reason(app)
+        if self._why_not:
+            self._say(self._why_not)
+
+    def _static_reason(self, app: AppRef) -> str | None:
+        if app.target != FEDSIM_APP:
+            return f"the ClientApp is {app.target}, not fedsim's"
+        from clients import app as fedsim_app
+        from clients.vectorized import unsupported
+
+        rt = fedsim_app.runtime_for(self._run_config)
+        cfg = rt.config
+        if cfg.codec:
+            return "a codec chain encodes the updates"
+        if cfg.client.local_dp.enabled:
+            return "client.local_dp is enabled"
+        if rt.lora:
+            return "LoRA-only updates"
+        if cfg.client.grad_bits:
+            return "client.grad_bits (quantized gradients) is set"
+        if cfg.client.autocast != "none":
+            return "client.autocast is set"
+        return unsupported(rt.model)
+
+    def _say(self, reason: str) -> None:
+        if reason not in self._said:
+            self._said.add(reason)
+            log.info("vectorized executor: running clients one by one: %s", reason)
+
+    def run(self, tasks: Sequence[Task]) -> list[TaskResult]:
+        assert self._app is not None, "start() first"
+        torch.set_num_threads(self.threads)
+        prepared = [Task(t.node_id, t.node_config, t.state,
+                         with_content(t.message, copy_content(t.message.content, t.extra_config))) for t in tasks]
+        results: list[TaskResult | None] = [None] * len(prepared)
+        batchable: list[int] = []
+        for i, task in enumerate(prepared):
+            reason = self._why_not or self._task_reason(task)
+            if reason is None:
+                batchable.append(i)
+            else:
+                if task.message.metadata.message_type == "train":
+                    self._say(reason)
+                    self.serial_calls += 1
+                results[i] = execute(self._app, task, self._run_id, self._run_config)
+        for start in range(0, len(batchable), self.chunk):
+            group = batchable[start : start + self.chunk]
+            for i, res in zip(group, self._train_batched([prepared[i] for i in group])):
+                results[i] = res
+        return [r for r in results if r is not None]
+
+    def _task_reason(self, task: Task) -> str | None:
+        """Why this one message goes to the ClientApp itself (None: batch it)."""
+        msg = task.message
+        if msg.metadata.message_type != "train":
+            return "not a training message"
+        from clients import app as fedsim_app
+
+        try:
+            _, arrays, _, _ = fedsim_app._records(msg)
+        except ValueError as exc:
+            return str(exc)
+        model = fedsim_app.runtime_for(self._run_config).model
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        if {k: tuple(a.shape) for k, a in arrays.items()} != expected:
+            return "the arrays do not match the model (the ClientApp reports the error)"
+        return None
+
+    def _train_batched(self, tasks: list[Task]) -> list[TaskResult]:
+        from clients import app as fedsim_app
+        from clients.vectorized import Job, train_many
+
+        rt = fedsim_app.runtime_for(self._run_config)
+        seed = rt.config.run.seed
+        jobs, meta = [], []
+        for task in tasks:
+            akey, arrays, _, config = fedsim_app._records(task.message)
+            cid = int(task.node_config[keys.PARTITION_ID])
+            rnd = fedsim_app._round(task.message, config)
+            x, y = rt.data.client_train(cid)
+            state = arrays.to_torch_state_dict()
+            jobs.append(Job(params=dict(state), x=x, y=y, settings=fedsim_app._settings(rt.config, config),
+                            generator=seeding.torch_generator(seed, rnd, cid, "batches")))
+            meta.append((akey, list(state)))
+        start = time.perf_counter()
+        trained = train_many(rt.model, jobs)
+        seconds = (time.perf_counter() - start) / max(1, len(tasks))
+        self.batched_calls += len(tasks)
+        out = []
+        for task, job, (akey, order), (weights, outcome) in zip(tasks, jobs, meta, trained):
+            metrics = MetricRecord({
+                keys.NUM_EXAMPLES: len(job.x),
+                keys.TRAIN_LOSS: outcome.loss,
+                keys.STEPS: outcome.steps,
+                keys.EXAMPLES_SEEN: outcome.examples_seen,
+                keys.TRAIN_SECONDS: seconds,
+            })
+            state = collections.OrderedDict((k, weights[k]) for k in order)
+            reply = Message(RecordDict({akey: ArrayRecord(state), keys.METRICS: metrics}), reply_to=task.message)
+            out.append(TaskResult(reply=reply, state=task.state, seconds=seconds))
+        return out
