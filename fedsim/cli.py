@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_run = sub.add_parser("run", help="run a scenario TOML file (or a preset name)")
-    p_run.add_argument("scenario", help="path to a scenario .toml, or a preset name (see `fedsim presets`)")
+    p_run.add_argument("scenario", nargs="?", help="path to a scenario .toml, or a preset name (see `fedsim presets`)")
+    p_run.add_argument("--resume", default=None, metavar="DIR",
+                       help="continue the run in DIR from its last checkpoint (run.checkpoint_every)")
     p_run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a scenario value (repeatable), e.g. --set strategy.fraction_train=0.2")
     p_run.add_argument("--out", default=None, help="results folder (default: report.out_dir/<name>-<time>)")
@@ -113,9 +115,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(name)
             return 0
         if args.command == "run":
-            from fedsim.runner import run
+            from fedsim.runner import resume, run
 
-            result = run(resolve_scenario(args.scenario), out_dir=args.out, overrides=args.overrides)
+            if args.resume is not None:
+                if args.scenario or args.overrides or args.out:
+                    raise ConfigError("--resume", args.resume, "takes no SCENARIO, --set or --out (the run folder "
+                                                               "holds its config)")
+                result = resume(args.resume)
+            elif args.scenario is None:
+                raise ConfigError("SCENARIO", None, "required: a scenario .toml or a preset name (or --resume DIR)")
+            else:
+                result = run(resolve_scenario(args.scenario), out_dir=args.out, overrides=args.overrides)
             s = result.summary
             acc = s.get("final_central_acc")
             print(f"{s['name']}: {s['rounds']} rounds, final centralized accuracy "

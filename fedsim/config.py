@@ -30,6 +30,8 @@ class RunSection:
     name: str = "fedsim"
     seed: int = option(0, ge=0, lt=2**32)
     rounds: int = option(10, ge=1, le=1_000_000)
+    checkpoint_every: int = option(0, ge=0, le=1_000_000,
+                                   doc="save <run>/checkpoint.safetensors every N rounds (0 = never); resume with --resume")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from flwr.app import Message, RecordDict
@@ -146,6 +147,24 @@ class SimulationGrid(Grid):
         self._polls = 0
         self._poll_start = 0.0
         self._last_round = 0
+
+    # ----------------------------------------------------------------- checkpoints
+    def checkpoint_state(self) -> tuple[dict[str, Any], dict[int, RecordDict], dict[int, dict[str, np.ndarray]]]:
+        """Counters, per-node Flower state and per-client codec state, between rounds."""
+        if self._pending or self._inflight:
+            raise RuntimeError("a checkpoint needs a grid with no message in flight")
+        counters = {"exchanges": self._exchanges, "seq": self._seq, "last_round": self._last_round,
+                    "clock": self.clock.now}
+        return counters, dict(self._states), {k: dict(v) for k, v in self._codec_state.items()}
+
+    def restore(self, counters: dict[str, Any], nodes: dict[int, RecordDict],
+                codec_state: dict[int, dict[str, np.ndarray]]) -> None:
+        self._exchanges = int(counters["exchanges"])
+        self._seq = int(counters["seq"])
+        self._last_round = int(counters["last_round"])
+        self.clock.advance_to(float(counters["clock"]))
+        self._states = dict(nodes)
+        self._codec_state = {k: dict(v) for k, v in codec_state.items()}
 
     # ----------------------------------------------------------------- Grid API
     def set_run(self, run: Run) -> None:

@@ -43,6 +43,10 @@ class Recorder:
         #: Extra per-round fields computed from the round's training replies.
         self.train_metrics: list[Callable[[list[Any]], dict[str, Any]]] = []
 
+    def resume_at(self, virtual_now: float) -> None:
+        """Continue after a checkpoint: the next round's virtual duration counts from here."""
+        self._v_last = virtual_now
+
     def on_exchange(self, exchange: Exchange) -> None:
         if self.auto_close and self._open and exchange.round > self._open[-1].round:
             self.close_round(self._open[-1].round)

@@ -16,6 +16,7 @@ from fedsim.metrics import SYSTEM_COUNTS
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.toml"
+MODEL = "model.safetensors"
 
 
 def _clean(value: Any) -> Any:
@@ -56,6 +57,36 @@ class RunWriter:
         self.metrics_path = self.out / METRICS
         self.metrics_path.write_text("")
 
+    kept: list[dict[str, Any]] = []  # rounds already recorded (a resumed run)
+
+    @classmethod
+    def reopen(cls, out_dir: str | Path, keep_rounds: int) -> "RunWriter":
+        """A resumed run's writer: metrics.jsonl cut back to rounds <= keep_rounds (a line
+        being written when the process died is dropped)."""
+        self = cls.__new__(cls)
+        self.out = Path(out_dir)
+        self.metrics_path = self.out / METRICS
+        kept = []
+        if self.metrics_path.exists():
+            for line in self.metrics_path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    break
+                if record.get("round", 0) > keep_rounds:
+                    break
+                kept.append(record)
+        if [r["round"] for r in kept] != list(range(keep_rounds + 1)):
+            from fedsim.errors import ConfigError
+
+            raise ConfigError("--resume", str(self.out), f"metrics.jsonl does not hold rounds 0..{keep_rounds} "
+                                                          "of the checkpoint")
+        _atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        for stale in (SUMMARY, MODEL):
+            (self.out / stale).unlink(missing_ok=True)
+        self.kept = kept
+        return self
+
     def write_config(self, plain: dict[str, Any]) -> Path:
         import tomli_w
 
@@ -71,6 +102,18 @@ class RunWriter:
         path = self.out / SUMMARY
         _atomic_write(path, json.dumps(_clean(summary), indent=2) + "\n")
         return path
+
+
+def write_model(out: Path, arrays: Any) -> Path:
+    """The final global arrays, ``model.safetensors`` (no pickle)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    path = out / MODEL
+    tmp = out / (MODEL + ".tmp")
+    save_file({k: np.ascontiguousarray(v.numpy()) for k, v in arrays.items()}, str(tmp))
+    os.replace(tmp, path)
+    return path
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

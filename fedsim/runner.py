@@ -13,14 +13,15 @@ from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, MetricRecord
-from flwr.serverapp.strategy import Result
+from flwr.serverapp.strategy import Result, Strategy
 
 from clients import lora
 from clients.codecs import build_pipeline
 from clients.models import build_model, init_model
 from clients.runconfig import to_run_config
 from clients.trainer import evaluate
-from fedsim import report, seeding
+from fedsim import checkpoint, report, seeding
+from fedsim.errors import ConfigError
 from fedsim.config import Config, load_config
 from fedsim.executors import AppRef, make_executor
 from fedsim.grid import SimulationGrid
@@ -100,9 +101,43 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
     ``report.out_dir/<run name>-<timestamp>``).
     """
     cfg = load_config(config, overrides) if isinstance(config, (str, Path)) else config.replace(overrides)
-    seed = cfg.run.seed
     out = (Path(out_dir) if out_dir is not None else default_out_dir(cfg)) if write else None
-    writer = report.RunWriter(out) if out is not None else None
+    if cfg.run.checkpoint_every and out is None:
+        raise ConfigError("run.checkpoint_every", cfg.run.checkpoint_every, "needs a results folder (write=True)")
+    return _run(cfg, out, report.RunWriter(out) if out is not None else None, None)
+
+
+def resume(out_dir: str | Path) -> RunResult:
+    """Continue the run in ``out_dir`` from its last checkpoint; the result equals an uninterrupted run's."""
+    out = Path(out_dir)
+    if not (out / report.CONFIG).is_file():
+        raise ConfigError("--resume", str(out), "is not a run folder (no config.toml)")
+    cfg = load_config(out / report.CONFIG)
+    ck = checkpoint.load(out)
+    writer = report.RunWriter.reopen(out, keep_rounds=ck.round)
+    return _run(cfg, out, writer, ck)
+
+
+ROUND_METHODS = ("configure_train", "aggregate_train", "configure_evaluate", "aggregate_evaluate")
+
+
+def shift_rounds(strategy: Any, offset: int) -> None:
+    """Resume: ``start`` counts rounds from 1 again; the strategy's methods see ``offset + r``.
+
+    The methods are wrapped on the instance (``start`` calls them through ``self``), so
+    messages carry the true ``server-round`` and per-round seeds are unchanged.
+    """
+    for name in ROUND_METHODS:
+        method = getattr(strategy, name)
+
+        def shifted(server_round: int, *args: Any, _m: Any = method, **kwargs: Any) -> Any:
+            return _m(server_round + offset, *args, **kwargs)
+
+        setattr(strategy, name, shifted)
+
+
+def _run(cfg: Config, out: Path | None, writer: report.RunWriter | None, ck: Any) -> RunResult:
+    seed = cfg.run.seed
     paths: dict[str, Path] = {}
 
     with flower_log_level(cfg.report.flower_logs), torch_threads(cfg.client.threads):
@@ -119,9 +154,13 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
             server_model = build_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes)
         with flower_log_level(cfg.report.flower_logs, quiet=logging.ERROR):  # e.g. "fraction_evaluate is 0"
             strategy = build_strategy(cfg.strategy.name, cfg.strategy.params)
+        if cfg.run.checkpoint_every and type(strategy).start is not Strategy.start:
+            raise ConfigError("run.checkpoint_every", cfg.run.checkpoint_every,
+                              f"not supported with strategy {cfg.strategy.name!r}, which drives its own rounds "
+                              "(start() overridden, e.g. asynchronous push/pull); set 0")
         app_ref, run_config = make_app_ref(cfg)
         if writer is not None:
-            paths["config"] = writer.write_config(cfg.to_dict())
+            paths["config"] = writer.write_config(cfg.to_dict()) if ck is None else out / report.CONFIG
 
         progress = RoundProgress(cfg.run.rounds, cfg.run.name, enabled=cfg.report.progress)
         tracker = None
@@ -141,6 +180,10 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
             progress.update(record)
 
         recorder = Recorder(on_record=on_record)
+        start_round = 0
+        if ck is not None:
+            start_round = ck.round
+            recorder.records = list(writer.kept) if writer is not None else []
         if spec is not None and spec.mode == "fedit":
             recorder.train_metrics.append(lambda replies: {"lora_aggregation_error": lora.aggregation_error(replies)})
         # The one-time distribution of the shared set is charged to round 0.
@@ -150,6 +193,12 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
                              local_epochs=cfg.client.local_epochs)
         grid = SimulationGrid(cfg.data.num_clients, executor, seed=seed, observer=recorder.on_exchange, system=system,
                               codec=build_pipeline(cfg.codec))
+        if ck is not None:
+            grid.restore(ck.grid, ck.nodes, ck.codec_state)
+            checkpoint.restore_strategy(strategy, ck)
+            initial = ck.arrays
+            recorder.resume_at(grid.clock.now)
+            shift_rounds(strategy, start_round)
         recorder.clock = grid.clock
         executor.start(app_ref, grid.run.run_id, run_config)
         prober = make_prober(cfg, data, server_model, spec is not None, out) if cfg.probe.enabled else None
@@ -157,6 +206,9 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
             grid.probe = prober.collect
 
         def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            if ck is not None and server_round == 0:
+                return None  # resumed: round `start_round` was recorded before the interruption
+            server_round += start_round
             due = server_round % cfg.server.eval_every == 0 or server_round == cfg.run.rounds
             central = None
             if cfg.server.centralized_eval and due:
@@ -171,6 +223,10 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
             if isinstance(extra, dict) and server_round > 0:
                 recorder.pending.update({f"strategy_{k}": v for k, v in extra.items()})
             recorder.close_round(server_round, central)
+            every = cfg.run.checkpoint_every
+            if every and out is not None and server_round > 0 and server_round % every == 0:
+                counters, nodes, codec_state = grid.checkpoint_state()
+                checkpoint.save(out, server_round, arrays, strategy, nodes, counters, codec_state)
             if central is None:
                 return None
             return MetricRecord({"loss": central[0], "accuracy": central[1]})
@@ -180,8 +236,11 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
                 seeding.seed_python_random(seed, 0, "start")
                 # Under the deadline policies the timeout is the round's virtual deadline.
                 timeout = cfg.round.deadline if cfg.round.deadline is not None else cfg.server.timeout
-                result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.run.rounds,
-                                        timeout=timeout, evaluate_fn=evaluate_fn)
+                if cfg.run.rounds > start_round:
+                    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.run.rounds - start_round,
+                                            timeout=timeout, evaluate_fn=evaluate_fn)
+                else:  # resumed after the last round's checkpoint: nothing left to run
+                    result = Result(arrays=initial)
         finally:
             executor.shutdown()
             if tracker is not None:
@@ -199,6 +258,8 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
                 paths[p.stem] = p
             paths["label_distribution"] = report.plot_label_distribution(data.label_counts(), out)
     final_arrays = result.arrays if result.arrays is not None else initial
+    if writer is not None and out is not None:
+        paths["model"] = report.write_model(out, final_arrays)
     return RunResult(config=cfg, history=recorder.records, arrays=final_arrays, summary=summary,
                      out_dir=out, paths=paths, flower_result=result)
 
