@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.errors import ConfigError
+from fedsim.faults import FaultsSection
 from fedsim.policies import RoundSection
 from fedsim.schema import Named, named, named_list, option, parse, to_plain
 from scenarios.devices import DevicesSection
@@ -127,6 +128,9 @@ class RaySection:
     cpus_per_actor: float = option(1.0, gt=0.0, le=1024)
     client_timeout: float = option(0.0, ge=0.0, doc="wall seconds before a client task is abandoned; 0 = never")
     max_retries: int = option(1, ge=0, le=10, doc="retries of a client whose actor died")
+    client_memory_mb: int = option(0, ge=0, le=10_000_000,
+                                   doc="address-space allowance per actor beyond its start (0 = no limit); "
+                                       "a client allocating more fails with MemoryError and is excluded")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +159,7 @@ class Config:
     round: RoundSection = RoundSection()
     codec: tuple[Named, ...] = named_list("codec", "clients.codecs:resolve_codec", "clients.codecs:check_chain")
     probe: ProbeSection = ProbeSection()
+    faults: FaultsSection = FaultsSection()
     executor: ExecutorSection = ExecutorSection()
     ray: RaySection = RaySection()
     report: ReportSection = ReportSection()

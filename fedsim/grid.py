@@ -102,6 +102,28 @@ def non_finite(content: RecordDict) -> str | None:
     return None
 
 
+def malformed(reply: Message, sent: Message) -> str | None:
+    """Why a reply cannot be aggregated (None: it can): a training reply must carry the
+    arrays it was sent, same names, shapes and dtypes; an evaluation reply, metrics."""
+    if not reply.has_content() or len(reply.content) == 0:
+        return "empty reply (no records)"
+    if sent.metadata.message_type == "train" and sent.has_content() and sent.content.array_records:
+        got = reply.content.array_records
+        if not got:
+            return "training reply carries no ArrayRecord"
+        want = next(iter(sent.content.array_records.values()))
+        have = next(iter(got.values()))
+        if list(have.keys()) != list(want.keys()):
+            return f"arrays {sorted(have.keys())[:4]} do not match the model's {sorted(want.keys())[:4]}"
+        for name in want.keys():
+            w, h = want[name], have[name]
+            if tuple(h.shape) != tuple(w.shape) or h.dtype != w.dtype:
+                return f"array {name!r} has shape {tuple(h.shape)} {h.dtype}, expected {tuple(w.shape)} {w.dtype}"
+    if sent.metadata.message_type == "evaluate" and not reply.content.metric_records:
+        return "evaluation reply carries no MetricRecord"
+    return None
+
+
 def message_round(message: Message) -> int | None:
     """The ``server-round`` a strategy put in the message's config, if any."""
     if not message.has_content():
@@ -459,6 +481,10 @@ class SimulationGrid(Grid):
                     reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, a.reason)
             if a.reason:
                 _add(counts, "corrupted", 1)
+            if a.status == OK and reply is not None and not reply.has_error() and not a.reason:
+                bad = malformed(reply, task.message)
+                if bad is not None:
+                    reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"reply excluded: {bad}")
             if (self.probe is not None and phase.startswith("train") and reply is not None
                     and reply.has_content() and not a.reason):
                 self.probe(rnd, cid, task.message, reply)  # what the server received, decoded

@@ -85,12 +85,14 @@ def default_out_dir(cfg: Config) -> Path:
 
 def make_app_ref(cfg: Config) -> tuple[AppRef, dict[str, Any]]:
     """The ClientApp to run and the run_config its Context carries."""
+    faults = cfg.faults if cfg.faults.enabled else None
     if cfg.client.app == "fedsim":
         from strategies.wrappers import CLIENT_MODS
 
         mod = CLIENT_MODS.get(getattr(cfg.strategy.params, "wrapper", ""), "")
-        return AppRef(f"clients.app:app_{mod}" if mod else "clients.app:app"), to_run_config(cfg)
-    return AppRef(cfg.client.app, paths=(os.getcwd(),)), dict(cfg.client.app_config)
+        return (AppRef(f"clients.app:app_{mod}" if mod else "clients.app:app", faults=faults, seed=cfg.run.seed),
+                to_run_config(cfg))
+    return AppRef(cfg.client.app, paths=(os.getcwd(),), faults=faults, seed=cfg.run.seed), dict(cfg.client.app_config)
 
 
 def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overrides: Iterable[str] = (),
@@ -301,7 +303,8 @@ def _executor_kwargs(cfg: Config) -> dict[str, Any]:
     if cfg.executor.name == "ray":
         r = cfg.ray
         return dict(address=r.address, num_actors=r.num_actors, cpus_per_actor=r.cpus_per_actor,
-                    client_timeout=r.client_timeout, max_retries=r.max_retries, threads=cfg.client.threads)
+                    client_timeout=r.client_timeout, max_retries=r.max_retries, threads=cfg.client.threads,
+                    client_memory_mb=r.client_memory_mb)
     if cfg.executor.name == "vectorized":
         return dict(threads=cfg.client.threads, chunk=cfg.executor.chunk)
     return dict(threads=cfg.client.threads)

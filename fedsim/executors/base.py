@@ -23,12 +23,19 @@ class AppRef:
 
     target: str = "clients.app:app"
     paths: tuple[str, ...] = ()
+    faults: Any = None  # a fedsim.faults.FaultsSection: the app is wrapped to misbehave as drawn
+    seed: int = 0
 
-    def load(self) -> ClientApp:
+    def load(self) -> Any:
         for p in reversed(self.paths):
             if p not in sys.path:
                 sys.path.insert(0, p)
-        return load_object(self.target, ClientApp, "client.app")
+        app = load_object(self.target, ClientApp, "client.app")
+        if self.faults is not None and self.faults.enabled:
+            from fedsim.faults import FaultyApp
+
+            return FaultyApp(app, self.faults, self.seed)
+        return app
 
 
 def load_object(target: str, kind: type, field: str) -> Any:

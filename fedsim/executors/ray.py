@@ -29,11 +29,22 @@ _IN_FLIGHT_PER_ACTOR = 2
 _READY_TIMEOUT_S = 120.0
 
 
+def limit_address_space(memory_mb: int) -> None:
+    """Cap this process's address space at its current size + ``memory_mb``: a client that
+    allocates beyond it gets MemoryError (reported, excluded) instead of taking the machine."""
+    import resource
+
+    with open("/proc/self/status") as fh:
+        vm_kb = next(int(line.split()[1]) for line in fh if line.startswith("VmSize:"))
+    limit = (vm_kb * 1024) + memory_mb * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+
 class _Worker:
     """Actor body (wrapped with ``ray.remote`` at start, with the configured resources)."""
 
     def __init__(self, app: AppRef, run_id: int, run_config: dict[str, Any], threads: int,
-                 extra_paths: list[str]) -> None:
+                 extra_paths: list[str], memory_mb: int = 0) -> None:
         for p in extra_paths:
             if p not in sys.path:
                 sys.path.append(p)
@@ -41,6 +52,8 @@ class _Worker:
 
         torch.set_num_threads(threads)
         self._app = app.load()
+        if memory_mb:
+            limit_address_space(memory_mb)
         self._run_id = run_id
         self._run_config = run_config
         self._cache: dict[str, RecordDict] = {}
@@ -73,7 +86,9 @@ class _Worker:
 
 class RayExecutor:
     def __init__(self, address: str = "", num_actors: int = 0, cpus_per_actor: float = 1.0,
-                 client_timeout: float = 0.0, max_retries: int = 1, threads: int = 1) -> None:
+                 client_timeout: float = 0.0, max_retries: int = 1, threads: int = 1,
+                 client_memory_mb: int = 0) -> None:
+        self.client_memory_mb = client_memory_mb
         self.address = address
         self.num_actors = num_actors or (os.cpu_count() or 1)
         self.cpus_per_actor = cpus_per_actor
@@ -119,7 +134,7 @@ class RayExecutor:
                               f"{self.num_actors} actors x {self.cpus_per_actor:g} CPUs exceed the "
                               f"cluster's {total:g} CPUs")
         self._actor_cls = ray.remote(num_cpus=self.cpus_per_actor, max_restarts=0)(_Worker)
-        self._init_args = (app, run_id, dict(run_config), self.threads, paths)
+        self._init_args = (app, run_id, dict(run_config), self.threads, paths, self.client_memory_mb)
         self._actors = [self._new_actor() for _ in range(self.num_actors)]
         # Actors boot while the server does its own set-up; the first run() waits for them.
         self._ready = [a.ready.remote() for a in self._actors]

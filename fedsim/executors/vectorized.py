@@ -45,6 +45,8 @@ class VectorizedExecutor(SerialExecutor):
     def _static_reason(self, app: AppRef) -> str | None:
         if app.target != FEDSIM_APP:
             return f"the ClientApp is {app.target}, not fedsim's"
+        if app.faults is not None and app.faults.enabled:
+            return "fault injection is on"
         from clients import app as fedsim_app
         from clients.vectorized import unsupported
 
