@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a scenario value (repeatable), e.g. --set strategy.fraction_train=0.2")
     p_run.add_argument("--out", default=None, help="results folder (default: report.out_dir/<name>-<time>)")
 
+    p_check = sub.add_parser("check", help="validate a scenario (config, data, model, strategy) without training")
+    p_check.add_argument("scenario", help="path to a scenario .toml, or a preset name")
+    p_check.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+
     p_app = sub.add_parser("run-app", help="run an existing Flower app folder on fedsim's simulated grid")
     p_app.add_argument("path", help="folder with the app's pyproject.toml")
     p_app.add_argument("--run-config", dest="run_config", action="append", default=[], metavar="KEY=VALUE",
@@ -131,6 +135,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{s['name']}: {s['rounds']} rounds, final centralized accuracy "
                   f"{'n/a' if acc is None else f'{acc:.4f}'}, {s['client_failures']} client failures; "
                   f"results in {result.out_dir}")
+            return 0
+        if args.command == "check":
+            from fedsim.runner import check
+
+            info = check(resolve_scenario(args.scenario), args.overrides)
+            print(f"{info['name']}: ok - {info['clients']} clients ({info['smallest_client']}-{info['largest_client']} "
+                  f"examples each, {info['examples']} in all), model {info['model']}, strategy {info['strategy']}, "
+                  f"{info['rounds']} rounds")
             return 0
         if args.command == "sweep":
             from fedsim.sweep import load_sweep, run_sweep

@@ -15,7 +15,7 @@ class ConfigError(ValueError):
         self.field = field
         self.value = value
         self.allowed = allowed
-        super().__init__(f"{field} = {_show(value)}: {allowed}")
+        super().__init__(f"{_one_line(field, 300)} = {_show(value)}: {_one_line(allowed, 2000)}")
 
 
 class _Missing:
@@ -24,6 +24,14 @@ class _Missing:
 
 
 MISSING = _Missing()
+
+
+def _one_line(text: str, limit: int) -> str:
+    """Control characters (a key named "\\n", say) shown escaped, never as line breaks."""
+    text = str(text)
+    if any(ch < " " or ch == "\x7f" for ch in text):
+        text = "".join(ch if ch >= " " and ch != "\x7f" else repr(ch)[1:-1] for ch in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _show(value: Any) -> str:

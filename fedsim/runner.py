@@ -109,6 +109,27 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
     return _run(cfg, out, report.RunWriter(out) if out is not None else None, None)
 
 
+def check(config: Config | str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """Validate a scenario as far as a run would before its first round (config, data and
+    partitions, model, strategy, system model, ClientApp) without training; a summary."""
+    cfg = load_config(config, overrides) if isinstance(config, (str, Path)) else config.replace(overrides)
+    with flower_log_level(False, quiet=logging.ERROR):
+        data = federated_data(cfg.data, cfg.run.seed)
+        init_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes, cfg.run.seed)
+        strategy = build_strategy(cfg.strategy.name, cfg.strategy.params)
+        if cfg.run.checkpoint_every and type(strategy).start is not Strategy.start:
+            raise ConfigError("run.checkpoint_every", cfg.run.checkpoint_every,
+                              f"not supported with strategy {cfg.strategy.name!r}, which drives its own rounds")
+        SystemModel(cfg.devices, cfg.network, cfg.round, cfg.data.num_clients, cfg.run.seed,
+                    local_epochs=cfg.client.local_epochs)
+        build_pipeline(cfg.codec)
+        make_app_ref(cfg)[0].load()
+    sizes = [len(data.client_train(c)[1]) for c in range(cfg.data.num_clients)]
+    return {"name": cfg.run.name, "clients": cfg.data.num_clients, "examples": sum(sizes),
+            "smallest_client": min(sizes), "largest_client": max(sizes), "rounds": cfg.run.rounds,
+            "strategy": cfg.strategy.name, "model": cfg.model.name}
+
+
 def resume(out_dir: str | Path) -> RunResult:
     """Continue the run in ``out_dir`` from its last checkpoint; the result equals an uninterrupted run's."""
     out = Path(out_dir)
