@@ -122,12 +122,31 @@ class ExecutorSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class RayTierSection:
+    """Actors with their own resources for a block of clients (e.g. the GPU-equipped 10%)."""
+
+    name: str = option("tier")
+    clients: tuple[int, ...] = option((), doc="[first, end): the partition ids this tier serves")
+    num_actors: int = option(1, ge=1, le=100_000)
+    cpus: float = option(1.0, gt=0.0, le=1024)
+    gpus: float = option(0.0, ge=0.0, le=64)
+    memory_mb: int = option(0, ge=0, le=10_000_000, doc="Ray logical memory reserved per actor")
+
+    def check(self, path: str) -> None:
+        if len(self.clients) != 2 or not (0 <= self.clients[0] < self.clients[1]):
+            raise ConfigError(f"{path}.clients", list(self.clients), "must be [first, end) with 0 <= first < end")
+
+
+@dataclasses.dataclass(frozen=True)
 class RaySection:
     address: str = option("", doc='"" starts a local Ray; "auto" or "ray://host:port" attaches to a cluster')
     num_actors: int = option(0, ge=0, le=100_000, doc="0 = number of CPU cores")
     cpus_per_actor: float = option(1.0, gt=0.0, le=1024)
     client_timeout: float = option(0.0, ge=0.0, doc="wall seconds before a client task is abandoned; 0 = never")
     max_retries: int = option(1, ge=0, le=10, doc="retries of a client whose actor died")
+    gpus_per_actor: float = option(0.0, ge=0.0, le=64, doc="GPUs each actor requests (fractions share one)")
+    memory_mb_per_actor: int = option(0, ge=0, le=10_000_000, doc="Ray logical memory reserved per actor")
+    tiers: tuple[RayTierSection, ...] = option((), doc="per-tier actor pools; they must cover every client once")
     client_memory_mb: int = option(0, ge=0, le=10_000_000,
                                    doc="address-space allowance per actor beyond its start (0 = no limit); "
                                        "a client allocating more fails with MemoryError and is excluded")
@@ -174,6 +193,18 @@ class Config:
         from scenarios.attacks.probe import check_probe_config
 
         check_probe_config(self)
+        if self.ray.tiers:
+            covered = sorted((t.clients[0], t.clients[1], i) for i, t in enumerate(self.ray.tiers))
+            edge = 0
+            for first, end, i in covered:
+                if first != edge:
+                    raise ConfigError(f"ray.tiers[{i}].clients", [first, end],
+                                      f"tiers must cover clients 0..{self.data.num_clients - 1} once, in blocks; "
+                                      f"expected a tier starting at {edge}")
+                edge = end
+            if edge != self.data.num_clients:
+                raise ConfigError("ray.tiers", f"clients 0..{edge - 1}",
+                                  f"must cover every client: data.num_clients is {self.data.num_clients}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (TOML/JSON) that `from_dict` turns back into an equal Config."""

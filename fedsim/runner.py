@@ -322,10 +322,15 @@ def warm_up(model: torch.nn.Module, data: Any, cfg: Config) -> None:
 
 def _executor_kwargs(cfg: Config) -> dict[str, Any]:
     if cfg.executor.name == "ray":
+        from fedsim.executors.ray import Tier
+
         r = cfg.ray
         return dict(address=r.address, num_actors=r.num_actors, cpus_per_actor=r.cpus_per_actor,
                     client_timeout=r.client_timeout, max_retries=r.max_retries, threads=cfg.client.threads,
-                    client_memory_mb=r.client_memory_mb)
+                    client_memory_mb=r.client_memory_mb, gpus_per_actor=r.gpus_per_actor,
+                    memory_mb_per_actor=r.memory_mb_per_actor, num_clients=cfg.data.num_clients,
+                    tiers=[Tier(t.name, t.clients[0], t.clients[1], t.num_actors, t.cpus, t.gpus, t.memory_mb)
+                           for t in r.tiers])
     if cfg.executor.name == "vectorized":
         return dict(threads=cfg.client.threads, chunk=cfg.executor.chunk)
     return dict(threads=cfg.client.threads)

@@ -9,6 +9,7 @@ import pytest
 from flwr.serverapp.strategy import FedAvg
 
 import fedsim
+from fedsim.errors import ConfigError
 from fedsim.executors import AppRef
 from fedsim.executors.ray import RayExecutor
 from fedsim.grid import Exchange, SimulationGrid
@@ -162,3 +163,28 @@ def test_attack_probes_run_on_the_actors_with_the_same_results() -> None:
     ray_run = fedsim.run(cfg.replace(["executor.name=ray", "ray.num_actors=2"]), write=False)
     assert [without_wall(r) for r in serial.history] == [without_wall(r) for r in ray_run.history]
     assert all(r["probes"] == 2 for r in serial.history[1:])
+
+
+def test_resource_tiers_route_clients_to_their_own_actors_with_serial_numbers(monkeypatch) -> None:
+    from fedsim.executors.ray import RayExecutor
+
+    seen = []
+    original = RayExecutor.shutdown
+
+    def spy(self):
+        seen.append(([t.name for t in self.tiers], list(self._slot_tier), [self.tier_of(c) for c in range(6)]))
+        original(self)
+
+    monkeypatch.setattr(RayExecutor, "shutdown", spy)
+    tiers = [{"name": "phones", "clients": [0, 4], "num_actors": 1, "cpus": 0.5},
+             {"name": "laptops", "clients": [4, 6], "num_actors": 2, "cpus": 0.5, "memory_mb": 64}]
+    ray_res = fedsim.run(tiny_config(executor={"name": "ray"}, ray={"tiers": tiers}), write=False)
+    serial = fedsim.run(tiny_config(), write=False)
+    assert [without_wall(r) for r in ray_res.history] == [without_wall(r) for r in serial.history]
+    assert seen == [(["phones", "laptops"], [0, 1, 1], [0, 0, 0, 0, 1, 1])]
+
+
+def test_tiers_asking_for_more_than_the_cluster_has_are_refused() -> None:
+    tiers = [{"name": "gpu", "clients": [0, 6], "num_actors": 1, "cpus": 0.5, "gpus": 1.0}]
+    with pytest.raises(ConfigError, match=r"ray.tiers.gpus = 1.0: the actors ask for 1 GPUs in all; the cluster has 0"):
+        fedsim.run(tiny_config(executor={"name": "ray"}, ray={"tiers": tiers}), write=False)

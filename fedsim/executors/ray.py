@@ -10,6 +10,7 @@ replaced and its clients retried (``ray.max_retries``); a client that runs past
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -23,6 +24,7 @@ from flwr.app import Message, RecordDict
 from flwr.common.constant import ErrorCode
 
 from fedsim.errors import ConfigError
+from fedsim.keys import PARTITION_ID
 from fedsim.executors.base import AppRef, Task, TaskResult, copy_content, error_reply, execute
 
 _IN_FLIGHT_PER_ACTOR = 2
@@ -58,8 +60,8 @@ class _Worker:
         self._run_config = run_config
         self._cache: dict[str, RecordDict] = {}
 
-    def ready(self) -> int:
-        return os.getpid()
+    def ready(self) -> tuple[int, str]:
+        return os.getpid(), ray.get_runtime_context().get_node_id()
 
     def call(self, fn: Any, payload: Any) -> Any:
         return fn(payload)
@@ -84,11 +86,35 @@ class _Worker:
         return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Tier:
+    """A pool of actors with its own resource request, serving clients [first, end)."""
+
+    name: str
+    first: int
+    end: int
+    num_actors: int
+    cpus: float
+    gpus: float = 0.0
+    memory_mb: int = 0
+
+    def options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {"num_cpus": self.cpus, "num_gpus": self.gpus, "max_restarts": 0}
+        if self.memory_mb:
+            opts["memory"] = self.memory_mb * 2**20
+        return opts
+
+
 class RayExecutor:
     def __init__(self, address: str = "", num_actors: int = 0, cpus_per_actor: float = 1.0,
                  client_timeout: float = 0.0, max_retries: int = 1, threads: int = 1,
-                 client_memory_mb: int = 0) -> None:
+                 client_memory_mb: int = 0, gpus_per_actor: float = 0.0, memory_mb_per_actor: int = 0,
+                 tiers: Sequence[Tier] = (), num_clients: int = 0) -> None:
         self.client_memory_mb = client_memory_mb
+        self.gpus_per_actor = gpus_per_actor
+        self.memory_mb_per_actor = memory_mb_per_actor
+        self.tiers = list(tiers)
+        self.num_clients = num_clients
         self.address = address
         self.num_actors = num_actors or (os.cpu_count() or 1)
         self.cpus_per_actor = cpus_per_actor
@@ -97,15 +123,20 @@ class RayExecutor:
         self.threads = threads
         self._owns_ray = False
         self._actors: list[Any] = []
-        self._actor_cls: Any = None
+        self._slot_tier: list[int] = []  # tier index of each actor slot
+        self._actor_cls: list[Any] = []
         self._init_args: tuple[Any, ...] = ()
         self._ready: list[Any] = []
+        self.actor_nodes: list[str] = []  # the Ray node of each actor (known once they started)
         self.actors_replaced = 0
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, app: AppRef, run_id: int, run_config: Mapping[str, Any]) -> None:
         app.load()  # fail here, with a clear error, rather than inside every actor
-        needed = self.num_actors * self.cpus_per_actor
+        if not self.tiers:
+            self.tiers = [Tier("all", 0, max(1, self.num_clients or 2**62), self.num_actors, self.cpus_per_actor,
+                               self.gpus_per_actor, self.memory_mb_per_actor)]
+        needed = sum(t.num_actors * t.cpus for t in self.tiers)
         paths = [p for p in dict.fromkeys([os.getcwd(), *app.paths, *sys.path]) if p and os.path.isdir(p)]
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silence a Ray FutureWarning
         if not ray.is_initialized():
@@ -127,15 +158,19 @@ class RayExecutor:
                     else:
                         os.environ["PYTHONPATH"] = old
             self._owns_ray = True
-        total = ray.cluster_resources().get("CPU", 0.0)
-        if needed > total:
-            self.shutdown()
-            raise ConfigError("ray.num_actors", self.num_actors,
-                              f"{self.num_actors} actors x {self.cpus_per_actor:g} CPUs exceed the "
-                              f"cluster's {total:g} CPUs")
-        self._actor_cls = ray.remote(num_cpus=self.cpus_per_actor, max_restarts=0)(_Worker)
+        resources = ray.cluster_resources()
+        for kind, field, per in (("CPU", "cpus", "cpus"), ("GPU", "gpus", "gpus")):
+            want = sum(t.num_actors * getattr(t, per) for t in self.tiers)
+            have = resources.get(kind, 0.0)
+            if want > have:
+                self.shutdown()
+                label = "ray.num_actors" if len(self.tiers) == 1 and kind == "CPU" else f"ray.tiers.{field}"
+                raise ConfigError(label, self.tiers[0].num_actors if label == "ray.num_actors" else want,
+                                  f"the actors ask for {want:g} {kind}s in all; the cluster has {have:g}")
+        self._actor_cls = [ray.remote(**t.options())(_Worker) for t in self.tiers]
         self._init_args = (app, run_id, dict(run_config), self.threads, paths, self.client_memory_mb)
-        self._actors = [self._new_actor() for _ in range(self.num_actors)]
+        self._slot_tier = [i for i, t in enumerate(self.tiers) for _ in range(t.num_actors)]
+        self._actors = [self._new_actor(slot) for slot in range(len(self._slot_tier))]
         # Actors boot while the server does its own set-up; the first run() waits for them.
         self._ready = [a.ready.remote() for a in self._actors]
 
@@ -144,13 +179,19 @@ class RayExecutor:
             return
         refs, self._ready = self._ready, []
         try:
-            ray.get(refs, timeout=_READY_TIMEOUT_S)
+            self.actor_nodes = [node for _, node in ray.get(refs, timeout=_READY_TIMEOUT_S)]
         except Exception as exc:
             self.shutdown()
             raise RuntimeError(f"Ray actors did not start: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
 
-    def _new_actor(self) -> Any:
-        return self._actor_cls.remote(*self._init_args)
+    def _new_actor(self, slot: int) -> Any:
+        return self._actor_cls[self._slot_tier[slot]].remote(*self._init_args)
+
+    def tier_of(self, partition_id: int) -> int:
+        for i, t in enumerate(self.tiers):
+            if t.first <= partition_id < t.end:
+                return i
+        return 0
 
     def shutdown(self) -> None:
         self._ready = []
@@ -187,8 +228,14 @@ class RayExecutor:
         # Calls go in chunks (fewer Ray round trips for small clients), about two per actor
         # so the pool stays balanced; retried calls and timed calls go alone, so a failure
         # is charged to its own client only.
-        size = 1 if self.client_timeout > 0 else max(1, -(-len(tasks) // (2 * len(self._actors))))
-        queue: deque[list[int]] = deque(list(range(i, min(i + size, len(tasks)))) for i in range(0, len(tasks), size))
+        by_tier: dict[int, list[int]] = {}
+        for i, t in enumerate(tasks):
+            by_tier.setdefault(self.tier_of(int(t.node_config.get(PARTITION_ID, 0))), []).append(i)
+        queues: dict[int, deque[list[int]]] = {k: deque() for k in range(len(self.tiers))}
+        for k, idx in by_tier.items():
+            pool = max(1, self.tiers[k].num_actors)
+            size = 1 if self.client_timeout > 0 else max(1, -(-len(idx) // (2 * pool)))
+            queues[k].extend(idx[j : j + size] for j in range(0, len(idx), size))
         inflight: dict[Any, tuple[list[int], int, float]] = {}  # ref -> (task indices, actor slot, start)
         load = [0] * len(self._actors)
 
@@ -208,17 +255,18 @@ class RayExecutor:
                 ray.kill(self._actors[slot], no_restart=True)
             except Exception:  # noqa: BLE001
                 pass
-            self._actors[slot] = self._new_actor()
+            self._actors[slot] = self._new_actor(slot)
             self.actors_replaced += 1
             # Other calls queued on the dead actor were not at fault: run them again.
             for ref, (chunk, s, _) in list(inflight.items()):
                 if s == slot:
                     del inflight[ref]
                     load[slot] -= 1
-                    queue.appendleft(chunk)
+                    queues[self._slot_tier[slot]].appendleft(chunk)
 
-        while queue or inflight:
+        while any(queues.values()) or inflight:
             for slot in sorted(range(len(self._actors)), key=lambda s: load[s]):
+                queue = queues[self._slot_tier[slot]]
                 while queue and load[slot] < _IN_FLIGHT_PER_ACTOR:
                     submit(queue.popleft(), slot)
             wait_s = None
@@ -245,7 +293,7 @@ class RayExecutor:
                 for i in reversed(chunk):
                     attempts[i] += 1
                     if attempts[i] <= self.max_retries:
-                        queue.appendleft([i])
+                        queues[self._slot_tier[slot]].appendleft([i])
                     else:
                         fail(i, ErrorCode.CLIENT_APP_CRASHED,
                              f"Ray actor died running this client {attempts[i]} time(s): {type(exc).__name__}")
