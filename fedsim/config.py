@@ -242,8 +242,16 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
-    """Read, override and validate a scenario file."""
-    return from_dict(apply_overrides(load_toml(path), overrides))
+    """Read, override and validate a scenario file. A ``[sweep]`` table is left to
+    ``fedsim sweep``: here the file is its base scenario."""
+    raw = apply_overrides(load_toml(path), overrides)
+    if "sweep" in raw:
+        import logging
+
+        logging.getLogger("fedsim").info("%s has a [sweep] table: running its base scenario "
+                                         "(`fedsim sweep` runs the grid)", path)
+        raw.pop("sweep")
+    return from_dict(raw)
 
 
 def parse_override_value(text: str) -> Any:

@@ -110,17 +110,6 @@ def test_compare_prints_the_table(tmp_path: Path) -> None:
     assert "0.9000 ± 0.0000" in lines[1] and "30.0" in lines[1] and "0 clients, 1 cells" in lines[1]
 
 
-QUICKSTART_SWEEP = """
-[sweep]
-seeds = [0, 1]
-[sweep.variants]
-"FedAvg" = { "strategy.name" = "fedavg" }
-"FedProx mu=0.5" = { "strategy.name" = "fedprox", "strategy.proximal_mu" = 0.5 }
-[sweep.axes]
-"data.partitioner.alpha" = [0.1, 1.0]
-"""
-
-
 def chromium() -> tuple[str, str] | None:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
@@ -130,11 +119,8 @@ def chromium() -> tuple[str, str] | None:
 @pytest.fixture(scope="module")
 def quickstart_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The acceptance grid: quickstart x 2 strategies x 2 skews x 2 seeds, via the CLI."""
-    tmp = tmp_path_factory.mktemp("qs")
-    scenario = tmp / "quickstart-sweep.toml"
-    scenario.write_text((ROOT / "scenarios" / "presets" / "quickstart.toml").read_text() + QUICKSTART_SWEEP)
-    out = tmp / "sweep"
-    proc = subprocess.run([sys.executable, "-m", "fedsim.cli", "sweep", str(scenario), "--out", str(out),
+    out = tmp_path_factory.mktemp("qs") / "sweep"
+    proc = subprocess.run([sys.executable, "-m", "fedsim.cli", "sweep", "quickstart-sweep", "--out", str(out),
                            "--set", "run.rounds=6", "--target", "0.5"],
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr

@@ -184,3 +184,9 @@ def test_interrupted_cli_sweep_resumes_with_only_the_missing_cells(tmp_path: Pat
     assert all(c["status"] == "done" for c in manifest["cells"])
     assert "6 done, 0 failed of 6 cells" in again.stdout
     assert (out / "report.html").exists() and (out / "summary.csv").exists()
+
+
+def test_run_on_a_sweep_file_runs_its_base_scenario(tmp_path: Path) -> None:
+    path = write_scenario(tmp_path, {"seeds": [0, 1], "axes": {"client.lr": [0.1, 0.05]}})
+    res = fedsim.run(path, write=False)
+    assert res.config.client.lr == 0.1 and res.config.run.seed == 3
