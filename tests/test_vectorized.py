@@ -19,6 +19,11 @@ def mlp() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
 
 
+def tanh_net() -> nn.Module:  # not a Flatten/Linear/ReLU stack: the torch.func vmap path
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
 SETTINGS = [
     TrainSettings(epochs=2, batch_size=4, lr=0.1),
     TrainSettings(epochs=1, batch_size=4, lr=0.05, momentum=0.9),
@@ -39,8 +44,12 @@ def test_batch_schedule_is_the_serial_order() -> None:
     assert torch.equal(torch.cat(sched), torch.cat([p1, p2]))
 
 
-def test_many_clients_equal_one_by_one() -> None:
-    model = mlp()
+@pytest.mark.parametrize("make", [mlp, tanh_net], ids=["dense-kernel", "vmap"])
+def test_many_clients_equal_one_by_one(make) -> None:
+    from clients.vectorized import dense_layers
+
+    model = make()
+    assert (dense_layers(model) is not None) == (make is mlp)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     data = []
     for i, n in enumerate(SIZES):
@@ -51,7 +60,7 @@ def test_many_clients_equal_one_by_one() -> None:
     jobs = [Job(starts[i], x, y, s, torch.Generator().manual_seed(i)) for i, ((x, y), s) in enumerate(zip(data, SETTINGS))]
     batched = train_many(model, jobs)
     for i, ((x, y), s) in enumerate(zip(data, SETTINGS)):
-        ref = mlp()
+        ref = make()
         ref.load_state_dict(starts[i])
         outcome = train(ref, x, y, s, torch.Generator().manual_seed(i))
         weights, got = batched[i]
