@@ -124,7 +124,8 @@ def check(config: Config | str | Path, overrides: Iterable[str] = ()) -> dict[st
                     local_epochs=cfg.client.local_epochs)
         build_pipeline(cfg.codec)
         make_app_ref(cfg)[0].load()
-    sizes = [len(data.client_train(c)[1]) for c in range(cfg.data.num_clients)]
+    size = getattr(data, "client_size", None) or (lambda c: len(data.client_train(c)[1]))
+    sizes = [size(c) for c in range(cfg.data.num_clients)]
     return {"name": cfg.run.name, "clients": cfg.data.num_clients, "examples": sum(sizes),
             "smallest_client": min(sizes), "largest_client": max(sizes), "rounds": cfg.run.rounds,
             "strategy": cfg.strategy.name, "model": cfg.model.name}

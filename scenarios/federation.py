@@ -144,7 +144,12 @@ def _shared_set(data: DataSection, y: np.ndarray, num_clients: int, seed: int
 
 @functools.lru_cache(maxsize=4)
 def federated_data(data: DataSection, seed: int) -> FederatedData:
-    """`build`, cached per process (keyed by the frozen data section and seed)."""
+    """`build`, cached per process (keyed by the frozen data section and seed); a lazy
+    synthetic federation (`scenarios.lazy`) builds clients on demand instead."""
+    if data.dataset.name == "synthetic" and getattr(data.dataset.params, "lazy", False):
+        from scenarios.lazy import LazyFederatedData
+
+        return LazyFederatedData(data, seed)  # type: ignore[return-value]
     return build(data, seed)
 
 

@@ -32,6 +32,8 @@ class SyntheticParams:
     samples_per_device: int = option(0, ge=0, le=10_000_000,
                                      doc="0 = the paper's int(lognormal(4, 2)) + 50; >0 = this many each")
     max_samples_per_device: int = option(0, ge=0, doc="cap on the lognormal draw; 0 = no cap")
+    lazy: bool = option(False, doc="build each device on first use, from its own stream (huge federations)")
+    server_devices: int = option(100, ge=1, le=1_000_000, doc="lazy: devices whose held-out part is the server's test set")
 
 
 def generate(params: SyntheticParams, seed: int, num_devices: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
