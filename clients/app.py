@@ -30,6 +30,7 @@ from clients.models import build_model
 from clients.runconfig import from_run_config
 from fedsim import keys, seeding
 from fedsim.config import Config
+from scenarios.byzantine import LABEL_FLIP
 from scenarios.federation import FederatedData, federated_data
 
 app = ClientApp()
@@ -138,6 +139,8 @@ def _train_weights(msg: Message, context: Context) -> Message:
     seed = rt.config.run.seed
     _load(rt, arrays)
     x, y = rt.data.client_train(cid)
+    if config.get(LABEL_FLIP):  # a Byzantine label-flipping client (scenarios.byzantine)
+        y = rt.data.num_classes - 1 - y
     torch.manual_seed(seeding.int_seed(seed, rnd, cid, "torch"))  # dropout & co. in user models
     np.random.seed(seeding.int_seed(seed, rnd, cid, "numpy") % 2**32)  # e.g. Flower's LocalDpMod noise
     start = time.perf_counter()

@@ -17,6 +17,7 @@ from typing import Any
 
 from fedsim.errors import ConfigError
 from fedsim.faults import FaultsSection
+from scenarios.byzantine import ByzantineSection, check_app
 from fedsim.policies import RoundSection
 from fedsim.schema import Named, named, named_list, option, parse, to_plain
 from scenarios.devices import DevicesSection
@@ -179,6 +180,7 @@ class Config:
     codec: tuple[Named, ...] = named_list("codec", "clients.codecs:resolve_codec", "clients.codecs:check_chain")
     probe: ProbeSection = ProbeSection()
     faults: FaultsSection = FaultsSection()
+    byzantine: ByzantineSection = ByzantineSection()
     executor: ExecutorSection = ExecutorSection()
     ray: RaySection = RaySection()
     report: ReportSection = ReportSection()
@@ -193,6 +195,7 @@ class Config:
         from scenarios.attacks.probe import check_probe_config
 
         check_probe_config(self)
+        check_app(self.byzantine, self.client.app)
         if self.ray.tiers:
             covered = sorted((t.clients[0], t.clients[1], i) for i, t in enumerate(self.ray.tiers))
             edge = 0

@@ -85,14 +85,20 @@ def default_out_dir(cfg: Config) -> Path:
 
 def make_app_ref(cfg: Config) -> tuple[AppRef, dict[str, Any]]:
     """The ClientApp to run and the run_config its Context carries."""
-    faults = cfg.faults if cfg.faults.enabled else None
+    extra: dict[str, Any] = {"seed": cfg.run.seed}
+    if cfg.faults.enabled:
+        extra["faults"] = cfg.faults
+    if cfg.byzantine.enabled:
+        from scenarios.byzantine import malicious_clients
+
+        extra.update(byzantine=cfg.byzantine,
+                     malicious=malicious_clients(cfg.byzantine, cfg.data.num_clients, cfg.run.seed))
     if cfg.client.app == "fedsim":
         from strategies.wrappers import CLIENT_MODS
 
         mod = CLIENT_MODS.get(getattr(cfg.strategy.params, "wrapper", ""), "")
-        return (AppRef(f"clients.app:app_{mod}" if mod else "clients.app:app", faults=faults, seed=cfg.run.seed),
-                to_run_config(cfg))
-    return AppRef(cfg.client.app, paths=(os.getcwd(),), faults=faults, seed=cfg.run.seed), dict(cfg.client.app_config)
+        return AppRef(f"clients.app:app_{mod}" if mod else "clients.app:app", **extra), to_run_config(cfg)
+    return AppRef(cfg.client.app, paths=(os.getcwd(),), **extra), dict(cfg.client.app_config)
 
 
 def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overrides: Iterable[str] = (),
@@ -274,6 +280,8 @@ def _run(cfg: Config, out: Path | None, writer: report.RunWriter | None, ck: Any
     summary = {"name": cfg.run.name, "seed": seed, "executor": cfg.executor.name,
                "strategy": cfg.strategy.name, "dataset": cfg.data.dataset.name,
                "num_clients": cfg.data.num_clients, **report.summarize(recorder.records)}
+    if app_ref.malicious:
+        summary["malicious_clients"] = sorted(app_ref.malicious)
     if writer is not None and out is not None:
         paths["metrics"] = writer.metrics_path
         paths["summary"] = writer.write_summary(summary)

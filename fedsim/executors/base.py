@@ -25,12 +25,18 @@ class AppRef:
     paths: tuple[str, ...] = ()
     faults: Any = None  # a fedsim.faults.FaultsSection: the app is wrapped to misbehave as drawn
     seed: int = 0
+    byzantine: Any = None  # a scenarios.byzantine.ByzantineSection, with the malicious client ids
+    malicious: frozenset[int] = frozenset()
 
     def load(self) -> Any:
         for p in reversed(self.paths):
             if p not in sys.path:
                 sys.path.insert(0, p)
         app = load_object(self.target, ClientApp, "client.app")
+        if self.byzantine is not None and self.malicious:
+            from scenarios.byzantine import ByzantineApp
+
+            app = ByzantineApp(app, self.byzantine, self.malicious, self.seed)
         if self.faults is not None and self.faults.enabled:
             from fedsim.faults import FaultyApp
 

@@ -47,6 +47,8 @@ class VectorizedExecutor(SerialExecutor):
             return f"the ClientApp is {app.target}, not fedsim's"
         if app.faults is not None and app.faults.enabled:
             return "fault injection is on"
+        if app.malicious:
+            return "Byzantine clients rewrite their updates"
         from clients import app as fedsim_app
         from clients.vectorized import unsupported
 
