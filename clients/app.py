@@ -24,6 +24,7 @@ from flwr.clientapp.mod import LocalDpMod, adaptiveclipping_mod, fixedclipping_m
 from torch import nn
 
 from clients import lora, trainer
+from clients.device import resolve as resolve_device
 from clients.codecs import MARKER, CodecContext, Pipeline, build_pipeline
 from clients.codecs.transport import encode_update, load_state, save_state
 from clients.models import build_model
@@ -32,6 +33,7 @@ from fedsim import keys, seeding
 from fedsim.config import Config
 from scenarios.byzantine import LABEL_FLIP
 from scenarios.federation import FederatedData, federated_data
+from fedsim.records import arrays_of, configs_of, metrics_of
 
 app = ClientApp()
 # The same ClientApp behind Flower's client-side DP clipping mods (for the dp_client_* wrappers).
@@ -47,6 +49,7 @@ class _Runtime:
     model: nn.Module
     codec: Pipeline
     lora: bool = False
+    device: torch.device = torch.device("cpu")
 
 
 @functools.lru_cache(maxsize=4)
@@ -58,7 +61,9 @@ def _runtime_cached(items: tuple[tuple[str, str], ...]) -> _Runtime:
         model = lora.wrap(lora.build_base(cfg, data, spec), spec, cfg.run.seed)
     else:
         model = build_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes)
-    return _Runtime(config=cfg, data=data, model=model, codec=build_pipeline(cfg.codec), lora=spec is not None)
+    device = resolve_device(cfg.client.device)
+    return _Runtime(config=cfg, data=data, model=model.to(device), codec=build_pipeline(cfg.codec),
+                    lora=spec is not None, device=device)
 
 
 def runtime(context: Context) -> _Runtime:
@@ -72,10 +77,10 @@ def runtime_for(run_config: Mapping[str, Any]) -> _Runtime:
 
 def _records(msg: Message) -> tuple[str, ArrayRecord, str, ConfigRecord]:
     content = msg.content
-    arrays = list(content.array_records.items())
+    arrays = list(arrays_of(content))
     if not arrays:
         raise ValueError("the message carries no ArrayRecord (no model to train)")
-    configs = list(content.config_records.items())
+    configs = list(configs_of(content))
     akey, arec = arrays[0]
     ckey, crec = configs[0] if configs else (keys.CONFIG, ConfigRecord())
     return akey, arec, ckey, crec
@@ -126,8 +131,9 @@ def _load(rt: "_Runtime", arrays: ArrayRecord) -> None:
 
 
 def _state(rt: "_Runtime") -> dict[str, torch.Tensor]:
-    """What goes back: the whole model, or the trainable adapters in LoRA mode."""
-    return lora.trainable_state(rt.model) if rt.lora else rt.model.state_dict()
+    """What goes back (on the CPU): the whole model, or the trainable adapters in LoRA mode."""
+    state = lora.trainable_state(rt.model) if rt.lora else rt.model.state_dict()
+    return {k: v.detach().cpu() for k, v in state.items()}
 
 
 def _train_weights(msg: Message, context: Context) -> Message:
@@ -139,6 +145,7 @@ def _train_weights(msg: Message, context: Context) -> Message:
     seed = rt.config.run.seed
     _load(rt, arrays)
     x, y = rt.data.client_train(cid)
+    x, y = x.to(rt.device), y.to(rt.device)
     if config.get(LABEL_FLIP):  # a Byzantine label-flipping client (scenarios.byzantine)
         y = rt.data.num_classes - 1 - y
     torch.manual_seed(seeding.int_seed(seed, rnd, cid, "torch"))  # dropout & co. in user models
@@ -168,13 +175,13 @@ def train(msg: Message, context: Context) -> Message:
     if not rt.codec or reply.has_error():
         return reply
     akey, arrays, _, config = _records(msg)
-    new_key, new_arrays = next(iter(reply.content.array_records.items()))
+    new_key, new_arrays = next(iter(arrays_of(reply.content)))
     state = load_state(context.state)
     ctx = CodecContext(rt.config.run.seed, _round(msg, config), int(context.node_config[keys.PARTITION_ID]), state)
     record, marker, seconds = encode_update(rt.codec, {k: a.numpy() for k, a in new_arrays.items()},
                                             {k: a.numpy() for k, a in arrays.items()}, ctx)
     save_state(context.state, state)
-    metrics = next(iter(reply.content.metric_records.values()))
+    metrics = next(iter([r for _, r in metrics_of(reply.content)]))
     metrics[keys.ENCODE_SECONDS] = seconds
     return Message(RecordDict({new_key: record, keys.METRICS: metrics, MARKER: marker}), reply_to=msg)
 
@@ -185,7 +192,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     _, arrays, _, _ = _records(msg)
     _load(rt, arrays)
     x, y = rt.data.client_test(cid)
-    loss, acc = trainer.evaluate(rt.model, x, y)
+    loss, acc = trainer.evaluate(rt.model, x.to(rt.device), y.to(rt.device))
     metrics = MetricRecord({
         keys.NUM_EXAMPLES: len(x),
         keys.EVAL_LOSS: 0.0 if len(x) == 0 else loss,

@@ -39,7 +39,7 @@ class TrainOutcome:
 
 def proximal_term(model: nn.Module, global_params: list[torch.Tensor]) -> torch.Tensor:
     """``||w - w_global||^2`` over the trainable parameters (squared L2 norm)."""
-    total = torch.zeros(())
+    total = torch.zeros((), device=global_params[0].device if global_params else None)
     for p, g in zip((p for p in model.parameters() if p.requires_grad), global_params):
         total = total + (p - g).pow(2).sum()
     return total
@@ -53,7 +53,7 @@ def quantize_gradient(g: torch.Tensor, bits: int, generator: torch.Generator) ->
         return g
     levels = 2**bits - 1
     x = g / (2 * m) + 0.5
-    noise = (torch.rand(g.shape, generator=generator, dtype=g.dtype) - 0.5) / levels
+    noise = (torch.rand(g.shape, generator=generator, dtype=g.dtype).to(g.device) - 0.5) / levels
     q = torch.round((x + noise).clamp(0, 1) * levels) / levels
     return 2 * m * (q - 0.5)
 
@@ -70,7 +70,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSet
     global_params = ([p.detach().clone() for p in model.parameters() if p.requires_grad]
                      if settings.proximal_mu > 0 else [])
     model.train()
-    loss_sum = torch.zeros((), dtype=torch.float64)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
     seen = 0
     perm = torch.empty(0, dtype=torch.long)
     pos = n
@@ -78,12 +78,12 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSet
         if pos >= n:
             perm = torch.randperm(n, generator=generator)
             pos = 0
-        idx = perm[pos : pos + settings.batch_size]
+        idx = perm[pos : pos + settings.batch_size].to(x.device)
         pos += settings.batch_size
         xb, yb = x[idx], y[idx]
         opt.zero_grad(set_to_none=True)
         if settings.autocast == "bf16":
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
                 logits = model(xb)
             ce = F.cross_entropy(logits.float(), yb)
         else:

@@ -145,8 +145,9 @@ def train_many(model: nn.Module, jobs: Sequence[Job]) -> list[tuple[dict[str, to
     offsets = [0]
     for j in jobs:
         offsets.append(offsets[-1] + len(j.x))
-    x_all = torch.cat([j.x for j in jobs])
-    y_all = torch.cat([j.y for j in jobs])
+    device = next(model.parameters()).device  # client.device: the batched computation runs there
+    x_all = torch.cat([j.x.to(device) for j in jobs])
+    y_all = torch.cat([j.y.to(device) for j in jobs])
     dtype = x_all.dtype if x_all.is_floating_point() else torch.float32
     index = torch.zeros((steps, c, batch), dtype=torch.long)
     mask = torch.zeros((steps, c, batch), dtype=dtype)
@@ -154,13 +155,14 @@ def train_many(model: nn.Module, jobs: Sequence[Job]) -> list[tuple[dict[str, to
         for t, idx in enumerate(sched):
             index[t, i, : len(idx)] = idx + offsets[i]
             mask[t, i, : len(idx)] = 1.0
+    index, mask = index.to(device), mask.to(device)
     counts = mask.sum(dim=2)  # [steps, c]: each client's batch size at each step
     active = [sum(1 for s in schedules if len(s) > t) for t in range(steps)]
 
-    params = {n: torch.stack([j.params[n].detach().to(dtype) for j in jobs]) for n in names}
+    params = {n: torch.stack([j.params[n].detach().to(device, dtype) for j in jobs]) for n in names}
 
     def per_client(values: list[float], like: torch.Tensor) -> torch.Tensor:
-        return torch.tensor(values, dtype=dtype).reshape((-1,) + (1,) * (like.dim() - 1))
+        return torch.tensor(values, dtype=dtype, device=device).reshape((-1,) + (1,) * (like.dim() - 1))
 
     lr = {n: per_client([j.settings.lr for j in jobs], p) for n, p in params.items()}
     mus = [j.settings.proximal_mu for j in jobs]
@@ -171,7 +173,7 @@ def train_many(model: nn.Module, jobs: Sequence[Job]) -> list[tuple[dict[str, to
     mom = {n: per_client(moms, p) for n, p in params.items()} if any(moms) else {}
     anchor = {n: p.clone() for n, p in params.items()} if mu else {}
     buffers: dict[str, torch.Tensor] = {}
-    loss_sum = torch.zeros(c, dtype=torch.float64)
+    loss_sum = torch.zeros(c, dtype=torch.float64, device=device)
 
     def loss_fn(p: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor,
                 nb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,10 +209,11 @@ def train_many(model: nn.Module, jobs: Sequence[Job]) -> list[tuple[dict[str, to
                     g = torch.where(mom[n][:k] > 0, buf[:k], g)
                 p.sub_(lr[n][:k] * g)
             loss_sum[:k] += ce.double() * counts[t, :k].double()
+    losses = loss_sum.cpu()
     out: list[tuple[dict[str, torch.Tensor], TrainOutcome]] = [None] * c  # type: ignore[list-item]
     for i, sched in enumerate(schedules):
         seen = int(sum(len(idx) for idx in sched))
-        outcome = TrainOutcome(loss=float(loss_sum[i]) / seen if seen else math.nan, steps=len(sched),
+        outcome = TrainOutcome(loss=float(losses[i]) / seen if seen else math.nan, steps=len(sched),
                                examples_seen=seen)
-        out[order[i]] = ({n: params[n][i].clone() for n in names}, outcome)
+        out[order[i]] = ({n: params[n][i].detach().cpu().clone() for n in names}, outcome)
     return out

@@ -95,6 +95,7 @@ class ClientSection:
     threads: int = option(1, ge=1, le=1024, doc="torch threads per client process")
     grad_bits: int = option(0, ge=0, le=16, doc="quantized local training: k-bit stochastic gradients (0 = off)")
     autocast: str = option("none", choices=("none", "bf16"), doc="bf16 autocast for local training")
+    device: str = option("auto", doc='"auto" (CUDA when present), "cpu", "cuda" or "cuda:N"')
     local_dp: LocalDpSection = LocalDpSection()
     app_config: Mapping[str, Any] = dataclasses.field(default_factory=dict,
                                                      metadata={"doc": "run_config for a user ClientApp"})
@@ -102,6 +103,9 @@ class ClientSection:
     def check(self, path: str) -> None:
         if self.local_epochs == 0 and self.local_steps == 0:
             raise ConfigError(f"{path}.local_epochs", 0, "must be >= 1 unless local_steps > 0")
+        from clients.device import resolve
+
+        resolve(self.device, f"{path}.device")  # "cuda" on a machine without CUDA fails here
         if self.app != "fedsim" and (":" not in self.app or self.app.startswith(":") or self.app.endswith(":")):
             raise ConfigError(f"{path}.app", self.app, 'must be "fedsim" or a ClientApp as "module:attribute"')
         for key, value in self.app_config.items():

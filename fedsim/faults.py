@@ -26,6 +26,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from fedsim import keys, seeding
 from fedsim.errors import ConfigError
 from fedsim.schema import option
+from fedsim.records import configs_of
 
 KINDS = ("raise", "nan", "shape", "empty", "hog")
 
@@ -68,7 +69,7 @@ def draw(faults: FaultsSection, seed: int, rnd: int, cid: int) -> str | None:
 
 
 def _round(message: Message) -> int:
-    for rec in message.content.config_records.values():
+    for rec in [r for _, r in configs_of(message.content)]:
         value = rec.get(keys.SERVER_ROUND)
         if isinstance(value, int):
             return value

@@ -30,9 +30,10 @@ from clients.codecs.transport import decode_reply, is_encoded, reference_arrays
 from fedsim import keys, seeding
 from fedsim.clock import VirtualClock
 from fedsim.executors.base import Executor, Task, TaskResult, error_reply
-from fedsim.payload import implausible
+from fedsim.payload import array_view, implausible
 from fedsim.policies import select
 from fedsim.system import DROPOUT, MODEL_LOST, OK, REPLY_LOST, UNAVAILABLE, Dispatch, SystemModel, overcommit_nodes
+from fedsim.records import arrays_of, configs_of, metrics_of
 
 #: Node ids are ``NODE_ID_OFFSET + partition id``.
 NODE_ID_OFFSET = 1_000_000
@@ -84,17 +85,17 @@ class Exchange:
 
 def array_bytes(content: RecordDict) -> int:
     """Bytes of the serialized arrays in a message's records."""
-    return sum(len(arr.data) for rec in content.array_records.values() for arr in rec.values())
+    return sum(len(arr.data) for rec in [r for _, r in arrays_of(content)] for arr in rec.values())
 
 
 def non_finite(content: RecordDict) -> str | None:
     """The first array/metric holding NaN or Inf, or None."""
-    for rkey, rec in content.array_records.items():
+    for rkey, rec in arrays_of(content):
         for akey, arr in rec.items():
-            values = arr.numpy()
+            values = array_view(arr)
             if values.dtype.kind in "fc" and not np.isfinite(values).all():
                 return f"array {rkey}/{akey}"
-    for rkey, rec in content.metric_records.items():
+    for rkey, rec in metrics_of(content):
         for mkey, value in rec.items():
             vals = value if isinstance(value, list) else [value]
             if any(isinstance(v, float) and not math.isfinite(v) for v in vals):
@@ -104,22 +105,23 @@ def non_finite(content: RecordDict) -> str | None:
 
 def malformed(reply: Message, sent: Message) -> str | None:
     """Why a reply cannot be aggregated (None: it can): a training reply must carry the
-    arrays it was sent, same names, shapes and dtypes; an evaluation reply, metrics."""
+    arrays it was sent, same names and shapes; an evaluation reply, metrics."""
     if not reply.has_content() or len(reply.content) == 0:
         return "empty reply (no records)"
-    if sent.metadata.message_type == "train" and sent.has_content() and sent.content.array_records:
-        got = reply.content.array_records
+    sent_arrays = arrays_of(sent.content) if sent.has_content() else []
+    if sent.metadata.message_type == "train" and sent_arrays:
+        got = arrays_of(reply.content)
         if not got:
             return "training reply carries no ArrayRecord"
-        want = next(iter(sent.content.array_records.values()))
-        have = next(iter(got.values()))
+        want = sent_arrays[0][1]
+        have = got[0][1]
         if list(have.keys()) != list(want.keys()):
             return f"arrays {sorted(have.keys())[:4]} do not match the model's {sorted(want.keys())[:4]}"
         for name in want.keys():
             w, h = want[name], have[name]
-            if tuple(h.shape) != tuple(w.shape) or h.dtype != w.dtype:
-                return f"array {name!r} has shape {tuple(h.shape)} {h.dtype}, expected {tuple(w.shape)} {w.dtype}"
-    if sent.metadata.message_type == "evaluate" and not reply.content.metric_records:
+            if tuple(h.shape) != tuple(w.shape):  # dtypes may differ (FedOpt sends float64 to float32 models)
+                return f"array {name!r} has shape {tuple(h.shape)}, expected {tuple(w.shape)}"
+    if sent.metadata.message_type == "evaluate" and not metrics_of(reply.content):
         return "evaluation reply carries no MetricRecord"
     return None
 
@@ -128,7 +130,7 @@ def message_round(message: Message) -> int | None:
     """The ``server-round`` a strategy put in the message's config, if any."""
     if not message.has_content():
         return None
-    for rec in message.content.config_records.values():
+    for rec in [r for _, r in configs_of(message.content)]:
         value = rec.get(keys.SERVER_ROUND)
         if isinstance(value, int):
             return value
@@ -545,7 +547,7 @@ def weighted_metric(replies: Sequence[Message], names: Sequence[str]) -> float |
     for reply in replies:
         if reply.has_error():
             continue
-        for rec in reply.content.metric_records.values():
+        for rec in [r for _, r in metrics_of(reply.content)]:
             value = next((rec[n] for n in names if n in rec), None)
             if isinstance(value, (int, float)):
                 w = rec.get(keys.NUM_EXAMPLES, 1)

@@ -9,6 +9,7 @@ from typing import Any
 from fedsim import keys
 from fedsim.clock import VirtualClock
 from fedsim.grid import Exchange, weighted_metric
+from fedsim.records import metrics_of
 
 #: Record fields that hold wall-clock measurements (everything else is deterministic).
 WALL_FIELDS = ("wall_round_s", "wall_total_s", "wall_client_s", "wall_train_s", "wall_encode_s", "wall_decode_s",
@@ -121,7 +122,7 @@ def metric_sum(replies: Any, name: str) -> float:
     for reply in replies:
         if reply.has_error():
             continue
-        for rec in reply.content.metric_records.values():
+        for rec in [r for _, r in metrics_of(reply.content)]:
             value = rec.get(name)
             if isinstance(value, (int, float)):
                 total += float(value)

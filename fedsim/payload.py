@@ -10,10 +10,12 @@ functions only read or rebuild Flower records; the link model decides what is lo
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 from collections.abc import Callable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, RecordDict
+from fedsim.records import arrays_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +33,7 @@ class Segment:
 def layout(content: RecordDict) -> list[Segment]:
     out = []
     offset = 0
-    for rkey, rec in content.array_records.items():
+    for rkey, rec in arrays_of(content):
         for akey, arr in rec.items():
             data = arr.data
             values = np.prod(arr.shape, dtype=np.int64) if arr.shape else 1
@@ -85,7 +87,7 @@ def fill_missing(content: RecordDict, missing: dict[tuple[str, str], np.ndarray]
                  reference: RecordDict) -> RecordDict | None:
     """``content`` with missing values taken from ``reference`` (the global model sent);
     None when the reference lacks a matching array."""
-    ref_arrays = {k: a for rec in reference.array_records.values() for k, a in rec.items()}
+    ref_arrays = {k: a for rec in [r for _, r in arrays_of(reference)] for k, a in rec.items()}
 
     def fill(rkey: str, akey: str, arr: Array) -> Array | None:
         mask = missing.get((rkey, akey))
@@ -142,10 +144,10 @@ def _flippable(content: RecordDict, seg: Segment) -> bool:
 
 def implausible(content: RecordDict, reference: RecordDict, threshold: float) -> str | None:
     """The first array with a value beyond ``threshold x max(1, max|reference|)``, or None."""
-    ref = {k: a for rec in reference.array_records.values() for k, a in rec.items()}
-    for rkey, rec in content.array_records.items():
+    ref = {k: a for rec in [r for _, r in arrays_of(reference)] for k, a in rec.items()}
+    for rkey, rec in arrays_of(content):
         for akey, arr in rec.items():
-            values = arr.numpy()
+            values = array_view(arr)
             if values.dtype.kind != "f" or values.size == 0:
                 continue
             scale = 1.0
@@ -154,3 +156,19 @@ def implausible(content: RecordDict, reference: RecordDict, threshold: float) ->
             if float(np.abs(values).max()) > threshold * scale:
                 return f"array {rkey}/{akey}"
     return None
+
+
+def array_view(arr: Any) -> np.ndarray:
+    """A read-only view of a Flower ``Array``'s values without ``np.load`` (which parses the
+    .npy header with ``ast.literal_eval``, slow at thousands of replies per round)."""
+    data = arr.data
+    if getattr(arr, "stype", "") == "numpy.ndarray" and data[:6] == b"\x93NUMPY":
+        major = data[6]
+        if major == 1:
+            offset = 10 + int.from_bytes(data[8:10], "little")
+        else:
+            offset = 12 + int.from_bytes(data[8:12], "little")
+        if b"'fortran_order': False" in data[10:offset]:
+            count = int(np.prod(arr.shape)) if arr.shape else 1
+            return np.frombuffer(data, dtype=np.dtype(arr.dtype), count=count, offset=offset).reshape(arr.shape)
+    return arr.numpy()

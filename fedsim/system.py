@@ -22,6 +22,7 @@ from fedsim.payload import fill_missing, flip_bits, implausible, missing_values
 from fedsim.policies import RoundSection
 from scenarios.devices import DeviceModel, DevicesSection
 from scenarios.network import LinkModel, NetworkSection, Transfer
+from fedsim.records import arrays_of, metrics_of
 
 # Outcome statuses
 OK = "ok"
@@ -138,7 +139,7 @@ class SystemModel:
 
 def examples_processed(content: RecordDict) -> float:
     """Training samples the client processed: ``examples-seen`` if reported, else ``num-examples``."""
-    for rec in content.metric_records.values():
+    for rec in [r for _, r in metrics_of(content)]:
         for key in (keys.EXAMPLES_SEEN, keys.NUM_EXAMPLES):
             value = rec.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
@@ -147,7 +148,7 @@ def examples_processed(content: RecordDict) -> float:
 
 
 def _array_bytes(content: RecordDict) -> int:
-    return sum(len(arr.data) for rec in content.array_records.values() for arr in rec.values())
+    return sum(len(arr.data) for rec in [r for _, r in arrays_of(content)] for arr in rec.values())
 
 
 def overcommit_nodes(seed: int, exchange: int, chosen: list[int], all_nodes: list[int], extra: int) -> list[int]:

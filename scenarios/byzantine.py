@@ -23,6 +23,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from fedsim import keys, seeding
 from fedsim.errors import ConfigError
 from fedsim.schema import option
+from fedsim.records import arrays_of, configs_of
 
 ATTACKS = ("sign_flip", "scaled", "label_flip", "random")
 LABEL_FLIP = "fedsim-label-flip"  # a train-config key fedsim's ClientApp honours
@@ -77,10 +78,10 @@ class ByzantineApp:
                 content["config"] = ConfigRecord({LABEL_FLIP: True})
             return self.app(Message(content=content, metadata=message.metadata), context)  # type: ignore[operator]
         reply = self.app(message, context)  # type: ignore[operator]
-        if reply.has_error() or not message.content.array_records:
+        if reply.has_error() or not arrays_of(message.content):
             return reply
-        sent = next(iter(message.content.array_records.values()))
-        rnd = next((v for r in message.content.config_records.values() for k, v in r.items()
+        sent = next(iter([r for _, r in arrays_of(message.content)]))
+        rnd = next((v for r in [r for _, r in configs_of(message.content)] for k, v in r.items()
                     if k == keys.SERVER_ROUND and isinstance(v, int)), 0)
         rng = seeding.rng(self.seed, rnd, cid, "byzantine-noise")
         content = RecordDict()

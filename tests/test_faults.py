@@ -12,7 +12,7 @@ from tests.conftest import tiny_config
 REASONS = {
     "raise": "InjectedFault: injected fault: client {cid} raises",
     "nan": "reply excluded: non-finite values in array",
-    "shape": "reply excluded: array '1.weight' has shape (15, 64) float32, expected (16, 64) float32",
+    "shape": "reply excluded: array '1.weight' has shape (15, 64), expected (16, 64)",
     "empty": "reply excluded: empty reply (no records)",
 }
 

@@ -122,3 +122,27 @@ def test_codec_falls_back_to_per_client_and_says_so_once(caplog: pytest.LogCaptu
     notes = [r.getMessage() for r in caplog.records if "vectorized executor" in r.getMessage()]
     assert notes == ["vectorized executor: running clients one by one: a codec chain encodes the updates"]
     assert [r["central_acc"] for r in serial.history] == [r["central_acc"] for r in vec.history]
+
+
+def test_device_choice_is_validated_and_auto_is_cpu_here() -> None:
+    from clients.device import resolve
+    from fedsim.errors import ConfigError
+
+    if not torch.cuda.is_available():
+        assert resolve("auto").type == "cpu"
+        with pytest.raises(ConfigError, match="client.device = 'cuda': CUDA is not available here"):
+            tiny_config(client={"device": "cuda"})
+    with pytest.raises(ConfigError, match="client.device = 'gpu0'"):
+        tiny_config(client={"device": "gpu0"})
+    a = fedsim.run(tiny_config(client={"device": "cpu"}), write=False)
+    b = fedsim.run(tiny_config(), write=False)
+    assert [r["central_acc"] for r in a.history] == [r["central_acc"] for r in b.history]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_clients_and_vectorized_executor_match_cpu_closely() -> None:
+    cpu = fedsim.run(tiny_config(client={"device": "cpu"}), write=False)
+    for executor in ("serial", "vectorized"):
+        gpu = fedsim.run(tiny_config(client={"device": "cuda"}, executor={"name": executor}), write=False)
+        for a, b in zip(cpu.history, gpu.history):
+            assert b["central_loss"] == pytest.approx(a["central_loss"], rel=1e-3)

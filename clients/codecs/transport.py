@@ -21,6 +21,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from clients.codecs.base import MARKER, CodecContext, Pipeline
+from fedsim.records import arrays_of, configs_of
 
 STATE = "fedsim-codec-state"
 
@@ -81,12 +82,12 @@ def unframe(blob: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def is_encoded(reply: Message) -> bool:
-    return reply.has_content() and MARKER in reply.content.config_records
+    return reply.has_content() and any(k == MARKER for k, _ in configs_of(reply.content))
 
 
 def reference_arrays(sent: Message) -> dict[str, np.ndarray]:
     """The global model a message carried, as numpy arrays (decode once per exchange)."""
-    return {k: a.numpy() for rec in sent.content.array_records.values() for k, a in rec.items()}
+    return {k: a.numpy() for rec in [r for _, r in arrays_of(sent.content)] for k, a in rec.items()}
 
 
 def decode_reply(pipeline: Pipeline, reply: Message, sent: Message, ctx: CodecContext,

@@ -10,18 +10,19 @@ as in the serial executor, and the first time that happens the run's log says wh
 
 from __future__ import annotations
 
-import collections
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from fedsim import keys, seeding
 from fedsim.executors.base import AppRef, Task, TaskResult, copy_content, execute, with_content
 from fedsim.executors.serial import SerialExecutor
+from fedsim.payload import array_view
 
 log = logging.getLogger("fedsim")
 FEDSIM_APP = "clients.app:app"
@@ -74,24 +75,36 @@ class VectorizedExecutor(SerialExecutor):
     def run(self, tasks: Sequence[Task]) -> list[TaskResult]:
         assert self._app is not None, "start() first"
         torch.set_num_threads(self.threads)
-        prepared = [Task(t.node_id, t.node_config, t.state,
-                         with_content(t.message, copy_content(t.message.content, t.extra_config))) for t in tasks]
-        results: list[TaskResult | None] = [None] * len(prepared)
+        results: list[TaskResult | None] = [None] * len(tasks)
         batchable: list[int] = []
-        for i, task in enumerate(prepared):
+        for i, task in enumerate(tasks):
             reason = self._why_not or self._task_reason(task)
             if reason is None:
-                batchable.append(i)
-            else:
-                if task.message.metadata.message_type == "train":
-                    self._say(reason)
-                    self.serial_calls += 1
-                results[i] = execute(self._app, task, self._run_id, self._run_config)
+                batchable.append(i)  # read in place: no per-client copy of the message
+                continue
+            if task.message.metadata.message_type == "train":
+                self._say(reason)
+                self.serial_calls += 1
+            own = Task(task.node_id, task.node_config, task.state,
+                       with_content(task.message, copy_content(task.message.content, task.extra_config)))
+            results[i] = execute(self._app, own, self._run_id, self._run_config)
+        self._globals: dict[tuple[int, ...], dict[str, torch.Tensor]] = {}
         for start in range(0, len(batchable), self.chunk):
             group = batchable[start : start + self.chunk]
-            for i, res in zip(group, self._train_batched([prepared[i] for i in group])):
+            for i, res in zip(group, self._train_batched([tasks[i] for i in group])):
                 results[i] = res
+        self._globals = {}
         return [r for r in results if r is not None]
+
+    def _weights(self, arrays: ArrayRecord) -> dict[str, torch.Tensor]:
+        """The received arrays as tensors, converted once per distinct content (usually the
+        one global model every sampled client receives)."""
+        key = tuple(id(a) for a in arrays.values())
+        found = self._globals.get(key)
+        if found is None:
+            found = {k: torch.from_numpy(np.array(array_view(a))) for k, a in arrays.items()}
+            self._globals[key] = found
+        return found
 
     def _task_reason(self, task: Task) -> str | None:
         """Why this one message goes to the ClientApp itself (None: batch it)."""
@@ -118,12 +131,13 @@ class VectorizedExecutor(SerialExecutor):
         seed = rt.config.run.seed
         jobs, meta = [], []
         for task in tasks:
-            akey, arrays, _, config = fedsim_app._records(task.message)
+            akey, arrays, _, record = fedsim_app._records(task.message)
+            config = {**dict(record), **(task.extra_config or {})}
             cid = int(task.node_config[keys.PARTITION_ID])
-            rnd = fedsim_app._round(task.message, config)
+            rnd = fedsim_app._round(task.message, config)  # type: ignore[arg-type]
             x, y = rt.data.client_train(cid)
-            state = arrays.to_torch_state_dict()
-            jobs.append(Job(params=dict(state), x=x, y=y, settings=fedsim_app._settings(rt.config, config),
+            state = self._weights(arrays)
+            jobs.append(Job(params=state, x=x, y=y, settings=fedsim_app._settings(rt.config, config),  # type: ignore[arg-type]
                             generator=seeding.torch_generator(seed, rnd, cid, "batches")))
             meta.append((akey, list(state)))
         start = time.perf_counter()
@@ -139,7 +153,7 @@ class VectorizedExecutor(SerialExecutor):
                 keys.EXAMPLES_SEEN: outcome.examples_seen,
                 keys.TRAIN_SECONDS: seconds,
             })
-            state = collections.OrderedDict((k, weights[k]) for k in order)
-            reply = Message(RecordDict({akey: ArrayRecord(state), keys.METRICS: metrics}), reply_to=task.message)
+            record = ArrayRecord({k: Array(weights[k].numpy()) for k in order})
+            reply = Message(RecordDict({akey: record, keys.METRICS: metrics}), reply_to=task.message)
             out.append(TaskResult(reply=reply, state=task.state, seconds=seconds))
         return out

@@ -1,0 +1,22 @@
+"""Fast access to a RecordDict's records by type.
+
+Flower's ``RecordDict.array_records`` (and ``config_records``, ``metric_records``) builds
+and re-validates a new typed dict on every access; at thousands of replies per round that
+dominated the engine's time. These helpers filter ``items()`` instead (same order).
+"""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+
+def arrays_of(content: RecordDict) -> list[tuple[str, ArrayRecord]]:
+    return [(k, r) for k, r in content.items() if isinstance(r, ArrayRecord)]
+
+
+def configs_of(content: RecordDict) -> list[tuple[str, ConfigRecord]]:
+    return [(k, r) for k, r in content.items() if isinstance(r, ConfigRecord)]
+
+
+def metrics_of(content: RecordDict) -> list[tuple[str, MetricRecord]]:
+    return [(k, r) for k, r in content.items() if isinstance(r, MetricRecord)]
