@@ -118,6 +118,8 @@ class ServerSection:
     centralized_eval: bool = option(True, doc="evaluate the global model on the server's held-out test set")
     eval_every: int = option(1, ge=1, doc="centralized evaluation every k rounds (and always the last)")
     timeout: float = option(3600.0, gt=0.0, doc="the timeout Flower's Strategy.start passes to the grid")
+    reduce_replies: bool = option(True, doc="FedAvg-family strategies receive one pre-averaged training reply "
+                                            "(bit-identical result, faster); false = every reply")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -157,6 +157,8 @@ class SimulationGrid(Grid):
         self.num_nodes = num_nodes
         self._node_ids = [NODE_ID_OFFSET + i for i in range(num_nodes)]
         self._states: dict[int, RecordDict] = {}
+        #: The weighting key when training replies are pre-reduced for a FedAvg-family strategy.
+        self.reduce_by: str | None = None
         run_id = run_id if run_id is not None else seeding.int_seed(seed, 0, seeding.SERVER, "run-id") % 2**63
         self._run = Run.create_empty(run_id=run_id)
         TaskIdentity.task_id = 1
@@ -330,6 +332,11 @@ class SimulationGrid(Grid):
         kept = [(items[i][0], sim.replies[i]) for i in sel.kept if sim.replies[i] is not None]
         self._emit(phase, rnd, items, sim, kept_slots=sel.kept, sampled=n_asked, start=start, waited=sel.wait,
                    late=len(sel.late), extra=extra)
+        if self.reduce_by is not None and phase.startswith("train") and len(kept) > 1:
+            from fedsim.streaming import reduce_replies
+
+            reduced = reduce_replies([r for _, r in kept], self.reduce_by, dict(items))
+            kept = [(r.metadata.reply_to_message_id, r) for r in reduced]
         return kept
 
     def _launch(self, phase: str, items: list[tuple[str, Message]]) -> None:

@@ -230,6 +230,11 @@ def _run(cfg: Config, out: Path | None, writer: report.RunWriter | None, ck: Any
             recorder.resume_at(grid.clock.now)
             shift_rounds(strategy, start_round)
         recorder.clock = grid.clock
+        if cfg.server.reduce_replies and not cfg.probe.enabled:
+            from fedsim.streaming import reducible
+
+            if reducible(strategy):
+                grid.reduce_by = strategy.weighted_by_key
         executor.start(app_ref, grid.run.run_id, run_config)
         prober = make_prober(cfg, data, server_model, spec is not None, out) if cfg.probe.enabled else None
         if prober is not None:
