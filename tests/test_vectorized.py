@@ -146,3 +146,14 @@ def test_cuda_clients_and_vectorized_executor_match_cpu_closely() -> None:
         gpu = fedsim.run(tiny_config(client={"device": "cuda"}, executor={"name": executor}), write=False)
         for a, b in zip(cpu.history, gpu.history):
             assert b["central_loss"] == pytest.approx(a["central_loss"], rel=1e-3)
+
+
+def test_fast_array_bytes_equal_flowers() -> None:
+    import numpy as np
+    from flwr.app import Array
+
+    from fedsim.payload import array_view, fast_array
+
+    for a in (np.arange(6, dtype=np.float32).reshape(2, 3), np.zeros(0), np.array(3.5), np.ones(5, dtype=">f4")):
+        assert fast_array(a).data == Array(a).data
+        assert np.array_equal(array_view(Array(a)), a) and array_view(Array(a)).shape == a.shape

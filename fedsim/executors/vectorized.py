@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from fedsim import keys, seeding
 from fedsim.executors.base import AppRef, Task, TaskResult, copy_content, execute, with_content
 from fedsim.executors.serial import SerialExecutor
-from fedsim.payload import array_view
+from fedsim.payload import array_view, fast_array
 
 log = logging.getLogger("fedsim")
 FEDSIM_APP = "clients.app:app"
@@ -153,7 +153,7 @@ class VectorizedExecutor(SerialExecutor):
                 keys.EXAMPLES_SEEN: outcome.examples_seen,
                 keys.TRAIN_SECONDS: seconds,
             })
-            record = ArrayRecord({k: Array(weights[k].numpy()) for k in order})
+            record = ArrayRecord({k: fast_array(weights[k].numpy()) for k in order})
             reply = Message(RecordDict({akey: record, keys.METRICS: metrics}), reply_to=task.message)
             out.append(TaskResult(reply=reply, state=task.state, seconds=seconds))
         return out
