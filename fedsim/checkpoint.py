@@ -43,6 +43,7 @@ class Checkpoint:
     codec_state: dict[int, dict[str, np.ndarray]]
     grid: dict[str, Any]
     extra: dict[str, Any]
+    messages: dict[str, bytes]  # replies in flight (asynchronous strategies), Flower protobuf bytes
 
 
 def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
@@ -52,7 +53,8 @@ def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
 def _strategy_state(strategy: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Arrays (flat keys) and JSON-able values of a strategy's state."""
     own = getattr(strategy, "fedsim_state", None)
-    items = own() if callable(own) else vars(strategy)
+    own = own if callable(own) else None
+    items = own() if own is not None else vars(strategy)
     tensors: dict[str, np.ndarray] = {}
     plain: dict[str, Any] = {}
     for name, value in items.items():
@@ -75,6 +77,8 @@ def _strategy_state(strategy: Any) -> tuple[dict[str, np.ndarray], dict[str, Any
             plain[name] = {"kind": "list", "n": len(value)}
         elif isinstance(value, _PLAIN) and not name.startswith("__"):
             plain[name] = {"kind": "plain", "value": value}
+        elif own is not None and isinstance(value, (dict, list)) and _jsonable(value):
+            plain[name] = {"kind": "json", "value": value}
     return tensors, plain
 
 
@@ -90,7 +94,7 @@ def _restore_strategy(strategy: Any, plain: dict[str, Any], tensors: dict[str, n
             values[name] = {k: tensors[f"strategy/{name}/{k}"] for k in spec["keys"]}
         elif kind == "list":
             values[name] = [tensors[f"strategy/{name}/{i}"] for i in range(spec["n"])]
-        else:
+        else:  # plain, json
             values[name] = spec["value"]
     own = getattr(strategy, "fedsim_load_state", None)
     if callable(own):
@@ -100,9 +104,17 @@ def _restore_strategy(strategy: Any, plain: dict[str, Any], tensors: dict[str, n
             setattr(strategy, name, value)
 
 
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=True)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
 def save(out: Path, rnd: int, arrays: ArrayRecord, strategy: Any, nodes: dict[int, RecordDict],
          grid: dict[str, Any], codec_state: dict[int, dict[str, np.ndarray]] | None = None,
-         extra: dict[str, Any] | None = None) -> Path:
+         extra: dict[str, Any] | None = None, messages: dict[str, bytes] | None = None) -> Path:
     from flwr.common.serde import recorddict_to_proto
     from safetensors.numpy import save as st_save
 
@@ -112,13 +124,16 @@ def save(out: Path, rnd: int, arrays: ArrayRecord, strategy: Any, nodes: dict[in
     for node, state in nodes.items():
         raw = recorddict_to_proto(state).SerializeToString()
         tensors[f"node/{node}"] = np.frombuffer(raw, dtype=np.uint8).copy()
+    for mid, raw in (messages or {}).items():
+        tensors[f"msg/{mid}"] = np.frombuffer(raw, dtype=np.uint8).copy()
     codec_keys = {}
     for cid, arrs in (codec_state or {}).items():
         codec_keys[str(cid)] = list(arrs)
         for k, v in arrs.items():
             tensors[f"codec/{cid}/{k}"] = np.ascontiguousarray(v)
     meta = {"format": FORMAT, "round": rnd, "global": list(arrays.keys()), "strategy": s_plain,
-            "nodes": sorted(nodes), "codec": codec_keys, "grid": grid, "extra": extra or {}}
+            "nodes": sorted(nodes), "codec": codec_keys, "grid": grid, "extra": extra or {},
+            "messages": sorted(messages or {})}
     blob = st_save(tensors, metadata={"fedsim": json.dumps(meta)})
     path = out / FILE
     tmp = out / (FILE + ".tmp")
@@ -159,8 +174,9 @@ def load(out: Path) -> Checkpoint:
         nodes[int(node)] = recorddict_from_proto(proto)
     strategy = {"plain": meta["strategy"], "tensors": {k: v for k, v in tensors.items() if k.startswith("strategy/")}}
     codec_state = {int(cid): {k: tensors[f"codec/{cid}/{k}"] for k in ks} for cid, ks in meta["codec"].items()}
+    messages = {mid: tensors[f"msg/{mid}"].tobytes() for mid in meta.get("messages", [])}
     return Checkpoint(round=int(meta["round"]), arrays=arrays, strategy=strategy, nodes=nodes,
-                      codec_state=codec_state, grid=meta["grid"], extra=meta["extra"])
+                      codec_state=codec_state, grid=meta["grid"], extra=meta["extra"], messages=messages)
 
 
 def restore_strategy(strategy: Any, ck: Checkpoint) -> None:

@@ -175,22 +175,47 @@ class SimulationGrid(Grid):
         self._last_round = 0
 
     # ----------------------------------------------------------------- checkpoints
-    def checkpoint_state(self) -> tuple[dict[str, Any], dict[int, RecordDict], dict[int, dict[str, np.ndarray]]]:
-        """Counters, per-node Flower state and per-client codec state, between rounds."""
-        if self._pending or self._inflight:
-            raise RuntimeError("a checkpoint needs a grid with no message in flight")
+    def checkpoint_state(self) -> tuple[dict[str, Any], dict[int, RecordDict], dict[int, dict[str, np.ndarray]],
+                                        dict[str, bytes]]:
+        """Counters (and Python's random state), per-node Flower state, per-client codec
+        state, and replies still in flight (asynchronous strategies) as protobuf bytes."""
+        import random
+
+        from flwr.common.serde import message_to_proto
+
+        if self._pending:
+            raise RuntimeError("a checkpoint needs a grid with no message waiting to be delivered")
+        version, internal, gauss = random.getstate()
         counters = {"exchanges": self._exchanges, "seq": self._seq, "last_round": self._last_round,
-                    "clock": self.clock.now}
-        return counters, dict(self._states), {k: dict(v) for k, v in self._codec_state.items()}
+                    "seeded_for": self._seeded_for, "clock": self.clock.now,
+                    "random": [version, list(internal), gauss],
+                    "inflight": {mid: at for mid, (at, _) in self._inflight.items()},
+                    "sent_at": dict(self._sent_at)}
+        messages = {mid: message_to_proto(reply).SerializeToString() for mid, (_, reply) in self._inflight.items()}
+        return counters, dict(self._states), {k: dict(v) for k, v in self._codec_state.items()}, messages
 
     def restore(self, counters: dict[str, Any], nodes: dict[int, RecordDict],
-                codec_state: dict[int, dict[str, np.ndarray]]) -> None:
+                codec_state: dict[int, dict[str, np.ndarray]], messages: dict[str, bytes] | None = None) -> None:
+        import random
+
+        from flwr.common.serde import message_from_proto
+        from flwr.proto.message_pb2 import Message as ProtoMessage  # type: ignore[attr-defined]
+
         self._exchanges = int(counters["exchanges"])
         self._seq = int(counters["seq"])
         self._last_round = int(counters["last_round"])
+        self._seeded_for = int(counters.get("seeded_for", -1))
         self.clock.advance_to(float(counters["clock"]))
         self._states = dict(nodes)
         self._codec_state = {k: dict(v) for k, v in codec_state.items()}
+        if "random" in counters:
+            version, internal, gauss = counters["random"]
+            random.setstate((version, tuple(internal), gauss))
+        self._sent_at = {k: float(v) for k, v in counters.get("sent_at", {}).items()}
+        for mid, at in counters.get("inflight", {}).items():
+            proto = ProtoMessage()
+            proto.ParseFromString((messages or {})[mid])
+            self._inflight[mid] = (float(at), message_from_proto(proto))
 
     # ----------------------------------------------------------------- Grid API
     def set_run(self, run: Run) -> None:

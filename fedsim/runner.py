@@ -123,9 +123,10 @@ def check(config: Config | str | Path, overrides: Iterable[str] = ()) -> dict[st
         data = federated_data(cfg.data, cfg.run.seed)
         init_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes, cfg.run.seed)
         strategy = build_strategy(cfg.strategy.name, cfg.strategy.params)
-        if cfg.run.checkpoint_every and type(strategy).start is not Strategy.start:
+        if (cfg.run.checkpoint_every and type(strategy).start is not Strategy.start
+                and not callable(getattr(strategy, "fedsim_state", None))):
             raise ConfigError("run.checkpoint_every", cfg.run.checkpoint_every,
-                              f"not supported with strategy {cfg.strategy.name!r}, which drives its own rounds")
+                              f"strategy {cfg.strategy.name!r} drives its own rounds and cannot be checkpointed")
         SystemModel(cfg.devices, cfg.network, cfg.round, cfg.data.num_clients, cfg.run.seed,
                     local_epochs=cfg.client.local_epochs)
         build_pipeline(cfg.codec)
@@ -184,10 +185,11 @@ def _run(cfg: Config, out: Path | None, writer: report.RunWriter | None, ck: Any
             server_model = build_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes)
         with flower_log_level(cfg.report.flower_logs, quiet=logging.ERROR):  # e.g. "fraction_evaluate is 0"
             strategy = build_strategy(cfg.strategy.name, cfg.strategy.params)
-        if cfg.run.checkpoint_every and type(strategy).start is not Strategy.start:
+        own_loop = type(strategy).start is not Strategy.start
+        if cfg.run.checkpoint_every and own_loop and not callable(getattr(strategy, "fedsim_state", None)):
             raise ConfigError("run.checkpoint_every", cfg.run.checkpoint_every,
-                              f"not supported with strategy {cfg.strategy.name!r}, which drives its own rounds "
-                              "(start() overridden, e.g. asynchronous push/pull); set 0")
+                              f"strategy {cfg.strategy.name!r} drives its own rounds (start() overridden) and does "
+                              "not expose fedsim_state() / fedsim_load_state(); set 0")
         app_ref, run_config = make_app_ref(cfg)
         if writer is not None:
             paths["config"] = writer.write_config(cfg.to_dict()) if ck is None else out / report.CONFIG
@@ -224,11 +226,14 @@ def _run(cfg: Config, out: Path | None, writer: report.RunWriter | None, ck: Any
         grid = SimulationGrid(cfg.data.num_clients, executor, seed=seed, observer=recorder.on_exchange, system=system,
                               codec=build_pipeline(cfg.codec))
         if ck is not None:
-            grid.restore(ck.grid, ck.nodes, ck.codec_state)
+            grid.restore(ck.grid, ck.nodes, ck.codec_state, ck.messages)
             checkpoint.restore_strategy(strategy, ck)
             initial = ck.arrays
             recorder.resume_at(grid.clock.now)
-            shift_rounds(strategy, start_round)
+            if own_loop:  # it resumes its own loop (and counts its own rounds)
+                start_round = 0
+            else:
+                shift_rounds(strategy, start_round)
         recorder.clock = grid.clock
         if cfg.server.reduce_replies and not cfg.probe.enabled:
             from fedsim.streaming import reducible
@@ -260,8 +265,8 @@ def _run(cfg: Config, out: Path | None, writer: report.RunWriter | None, ck: Any
             recorder.close_round(server_round, central)
             every = cfg.run.checkpoint_every
             if every and out is not None and server_round > 0 and server_round % every == 0:
-                counters, nodes, codec_state = grid.checkpoint_state()
-                checkpoint.save(out, server_round, arrays, strategy, nodes, counters, codec_state)
+                counters, nodes, codec_state, messages = grid.checkpoint_state()
+                checkpoint.save(out, server_round, arrays, strategy, nodes, counters, codec_state, messages=messages)
             if central is None:
                 return None
             return MetricRecord({"loss": central[0], "accuracy": central[1]})

@@ -17,6 +17,7 @@ then is given up and replaced).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import random
 import time
@@ -31,10 +32,22 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore import log
 
 from fedsim import keys
+from fedsim.records import arrays_of, metrics_of
 from strategies.aggregation import buffered_step, staleness_weight
 from strategies.registry import register_strategy
 
 MODEL_VERSION = "model-version"
+
+
+@dataclasses.dataclass
+class _Loop:
+    """FedBuff's server state between two pulls (what a checkpoint must hold)."""
+
+    current: dict[str, np.ndarray]
+    version: int = 0
+    failures: int = 0
+    inflight: dict[str, tuple[int, int, dict[str, np.ndarray]]] = dataclasses.field(default_factory=dict)
+    buffer: list[tuple[dict[str, np.ndarray], int, RecordDict]] = dataclasses.field(default_factory=list)
 
 
 @register_strategy("fedbuff")
@@ -112,6 +125,43 @@ class FedBuff(Strategy):
         return Message(content, node, kind, ttl=ttl)
 
     # ------------------------------------------------------------------ the loop
+    # -------------------------------------------------------------- checkpoints
+    def fedsim_state(self) -> dict[str, object]:
+        """The loop's state for fedsim's checkpoints: arrays and JSON-able values."""
+        loop: _Loop | None = getattr(self, "_loop", None)
+        if loop is None:
+            return {}
+        models: dict[int, dict[str, np.ndarray]] = {}
+        for _, fetched, model in loop.inflight.values():
+            models.setdefault(fetched, model)
+        state: dict[str, object] = {
+            "version": loop.version, "failures": loop.failures, "current": loop.current,
+            "inflight": {mid: [node, fetched] for mid, (node, fetched, _) in loop.inflight.items()},
+            "models": sorted(models),
+            "buffer": [[fetched, {k: v for k, v in next(iter(rec.values())).items()}] for _, fetched, rec in loop.buffer],
+            "round_metrics": dict(getattr(self, "round_metrics", {}) or {}),
+        }
+        for v, model in models.items():
+            state[f"model_{v}"] = model
+        for i, (delta, _, _) in enumerate(loop.buffer):
+            state[f"delta_{i}"] = delta
+        return state
+
+    def fedsim_load_state(self, values: dict[str, object]) -> None:
+        """Continue from a checkpoint: the next ``start`` resumes this loop."""
+        if not values:
+            return
+        models = {int(v): values[f"model_{v}"] for v in values["models"]}  # type: ignore[union-attr]
+        loop = _Loop(current=dict(values["current"]), version=int(values["version"]),  # type: ignore[arg-type]
+                     failures=int(values["failures"]))  # type: ignore[arg-type]
+        for mid, (node, fetched) in values["inflight"].items():  # type: ignore[union-attr]
+            loop.inflight[mid] = (int(node), int(fetched), models[int(fetched)])
+        for i, (fetched, metrics) in enumerate(values["buffer"]):  # type: ignore[arg-type]
+            loop.buffer.append((dict(values[f"delta_{i}"]), int(fetched),  # type: ignore[arg-type]
+                                RecordDict({"metrics": MetricRecord(metrics)})))
+        self.round_metrics = dict(values["round_metrics"])  # type: ignore[arg-type]
+        self._resume = loop
+
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
               train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
               evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> Result:
@@ -124,13 +174,14 @@ class FedBuff(Strategy):
             res = evaluate_fn(0, initial_arrays)
             if res is not None:
                 result.evaluate_metrics_serverapp[0] = res
-        arrays = initial_arrays
-        current = {k: a.numpy() for k, a in arrays.items()}
-        version = 0
-        # message id -> (node, version fetched, model fetched)
-        inflight: dict[str, tuple[int, int, dict[str, np.ndarray]]] = {}
-        buffer: list[tuple[dict[str, np.ndarray], int, Message]] = []
-        failures = 0
+        resume, self._resume = getattr(self, "_resume", None), None
+        loop = resume if resume is not None else _Loop(current={k: a.numpy() for k, a in initial_arrays.items()})
+        self._loop = loop  # the checkpointable state (fedsim.checkpoint reads it via fedsim_state)
+        arrays = ArrayRecord({k: Array(v) for k, v in loop.current.items()}) if resume else initial_arrays
+        if resume is not None:
+            result.arrays = arrays
+        inflight = loop.inflight  # message id -> (node, version fetched, model fetched)
+        buffer = loop.buffer  # (delta, version fetched, reply content with its metrics)
 
         def launch(n: int) -> None:
             busy = {node for node, _, _ in inflight.values()}
@@ -138,13 +189,43 @@ class FedBuff(Strategy):
             if not idle or n <= 0:
                 return
             chosen = random.sample(sorted(idle), min(n, len(idle)))
-            msgs = [self._message(arrays, train_config, version, node, MessageType.TRAIN, ttl=timeout)
+            msgs = [self._message(arrays, train_config, loop.version, node, MessageType.TRAIN, ttl=timeout)
                     for node in chosen]
             for mid, node in zip(grid.push_messages(msgs), chosen):
-                inflight[mid] = (node, version, current)
+                inflight[mid] = (node, loop.version, loop.current)
 
-        launch(self.concurrency)
-        while version < num_rounds:
+        def drain() -> None:
+            """Server steps while the buffer holds enough updates."""
+            nonlocal arrays
+            while len(buffer) >= self.buffer_size and loop.version < num_rounds:
+                taken = buffer[: self.buffer_size]
+                del buffer[: self.buffer_size]
+                version = loop.version
+                stale = [version - fetched for _, fetched, _ in taken]
+                weights = [staleness_weight(self.staleness, t, self.staleness_a, self.staleness_b) for t in stale]
+                loop.current = buffered_step(loop.current, [d for d, _, _ in taken], weights, self.server_lr)
+                arrays = ArrayRecord({k: Array(v) for k, v in loop.current.items()})
+                loop.version = version = version + 1
+                metrics = aggregate_metricrecords([m for _, _, m in taken], self.weighted_by_key)
+                self.round_metrics = {"staleness_mean": float(np.mean(stale)), "staleness_max": float(max(stale)),
+                                      "staleness_weight_mean": float(np.mean(weights)), "failures": loop.failures}
+                for k, v in self.round_metrics.items():
+                    metrics[k] = v
+                result.train_metrics_clientapp[version] = metrics
+                result.arrays = arrays
+                self._evaluate(grid, version, arrays, evaluate_config, timeout, result)
+                if evaluate_fn is not None:  # (a checkpoint may be taken here)
+                    res = evaluate_fn(version, arrays)
+                    if res is not None:
+                        result.evaluate_metrics_serverapp[version] = res
+                loop.failures = 0
+
+        if resume is None:
+            launch(self.concurrency)
+        else:  # a checkpoint is taken inside drain(): finish that iteration first
+            drain()
+            launch(self.concurrency - len(inflight))
+        while loop.version < num_rounds:
             if not inflight:
                 log(WARNING, "FedBuff: no client is training (fewer nodes than needed?); stopping")
                 break
@@ -155,34 +236,16 @@ class FedBuff(Strategy):
             for reply in replies:
                 node, fetched, start_model = inflight.pop(reply.metadata.reply_to_message_id)
                 if reply.has_error():
-                    failures += 1
+                    loop.failures += 1
                     log(INFO, "FedBuff: node %d failed: %s", node, reply.error.reason)
                     continue
-                local = {k: a.numpy() for rec in reply.content.array_records.values() for k, a in rec.items()}
+                local = {k: a.numpy() for _, rec in arrays_of(reply.content) for k, a in rec.items()}
                 delta = {k: start_model[k] - local[k] for k in start_model}
-                buffer.append((delta, fetched, reply))
-            while len(buffer) >= self.buffer_size and version < num_rounds:
-                taken, buffer = buffer[: self.buffer_size], buffer[self.buffer_size :]
-                stale = [version - fetched for _, fetched, _ in taken]
-                weights = [staleness_weight(self.staleness, t, self.staleness_a, self.staleness_b) for t in stale]
-                current = buffered_step(current, [d for d, _, _ in taken], weights, self.server_lr)
-                arrays = ArrayRecord({k: Array(v) for k, v in current.items()})
-                version += 1
-                metrics = aggregate_metricrecords([m.content for _, _, m in taken], self.weighted_by_key)
-                self.round_metrics = {"staleness_mean": float(np.mean(stale)), "staleness_max": float(max(stale)),
-                                      "staleness_weight_mean": float(np.mean(weights)), "failures": failures}
-                for k, v in self.round_metrics.items():
-                    metrics[k] = v
-                result.train_metrics_clientapp[version] = metrics
-                result.arrays = arrays
-                self._evaluate(grid, version, arrays, evaluate_config, timeout, result)
-                if evaluate_fn is not None:
-                    res = evaluate_fn(version, arrays)
-                    if res is not None:
-                        result.evaluate_metrics_serverapp[version] = res
-                failures = 0
+                buffer.append((delta, fetched, RecordDict({"metrics": next(iter(
+                    [r for _, r in metrics_of(reply.content)] or [MetricRecord()]))})))
+            drain()
             launch(self.concurrency - len(inflight))
-        log(INFO, "FedBuff finished after %d server steps", version)
+        log(INFO, "FedBuff finished after %d server steps", loop.version)
         for line in io.StringIO(str(result)):
             log(INFO, "\t%s", line.strip("\n"))
         return result

@@ -61,10 +61,15 @@ def cli(*args: str, **kw) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy, codec", [("fedavg", []), ("fedadam", [{"name": "topk", "k": 0.1}])])
-def test_sigkill_then_resume_is_bit_identical(tmp_path: Path, strategy: str, codec: list) -> None:
-    raw = tiny_raw(run={"name": "ck", "seed": 7, "rounds": 40, "checkpoint_every": 3},
-                   strategy={"name": strategy, "fraction_train": 0.5, "fraction_evaluate": 0.5})
+@pytest.mark.parametrize("strategy, codec", [
+    ({"name": "fedavg", "fraction_train": 0.5, "fraction_evaluate": 0.5}, []),
+    ({"name": "fedadam", "fraction_train": 0.5, "fraction_evaluate": 0.5}, [{"name": "topk", "k": 0.1}]),
+    # asynchronous: replies in flight, the buffer and staleness bookkeeping are checkpointed
+    ({"name": "fedbuff", "concurrency": 4, "buffer_size": 2, "fraction_evaluate": 0.0}, []),
+], ids=["fedavg", "fedadam-topk", "fedbuff"])
+def test_sigkill_then_resume_is_bit_identical(tmp_path: Path, strategy: dict, codec: list) -> None:
+    raw = tiny_raw(run={"name": "ck", "seed": 7, "rounds": 40, "checkpoint_every": 3}, strategy=strategy,
+                   devices={"speed": {"name": "lognormal", "mu": 0.0, "sigma": 1.0}, "seconds_per_sample": 0.01})
     raw["codec"] = codec
     scenario = tmp_path / "s.toml"
     scenario.write_bytes(tomli_w.dumps(raw).encode())
