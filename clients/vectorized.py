@@ -19,6 +19,7 @@ quantization, no autocast): `unsupported` says why not otherwise.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 
@@ -72,6 +73,24 @@ def batch_schedule(n: int, settings: TrainSettings, generator: torch.Generator) 
         out.append(perm[pos : pos + settings.batch_size])
         pos += settings.batch_size
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(n: int, settings: TrainSettings) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The serial trainer's batch positions for a client of ``n`` samples, as positions in
+    the concatenation of its epoch permutations: ``(positions [steps, B] (-1 = padding),
+    valid mask [steps, B], permutations drawn)``. Same draws, same order as `batch_schedule`."""
+    total, b = settings.total_steps(n), settings.batch_size
+    positions = torch.full((total, b), -1, dtype=torch.long)
+    pos, perms = n, 0
+    for t in range(total):
+        if pos >= n:
+            perms += 1
+            pos = 0
+        take = min(b, n - pos)
+        positions[t, :take] = torch.arange((perms - 1) * n + pos, (perms - 1) * n + pos + take)
+        pos += b
+    return positions, (positions >= 0).long(), perms
 
 
 def dense_layers(model: nn.Module) -> list[tuple[str, str | None]] | None:
@@ -130,15 +149,15 @@ def train_many(model: nn.Module, jobs: Sequence[Job]) -> list[tuple[dict[str, to
     """Train every job's copy of ``model``; returns each client's weights and outcome."""
     if not jobs:
         return []
-    schedules = [batch_schedule(len(j.x), j.settings, j.generator) for j in jobs]
+    plans = [_plan(len(j.x), j.settings) for j in jobs]
     # Longest first: at step t the clients still training are a prefix, so each step works
     # on views [:k] and finished clients cost nothing.
-    order = sorted(range(len(jobs)), key=lambda i: -len(schedules[i]))
+    order = sorted(range(len(jobs)), key=lambda i: -len(plans[i][0]))
     jobs = [jobs[i] for i in order]
-    schedules = [schedules[i] for i in order]
+    plans = [plans[i] for i in order]
     c = len(jobs)
     batch = max(j.settings.batch_size for j in jobs)
-    steps = len(schedules[0])
+    steps = len(plans[0][0])
     names = [name for name, _ in model.named_parameters()]
 
     # Data of all clients in one tensor; each client's batches as global indices + mask.
@@ -151,15 +170,34 @@ def train_many(model: nn.Module, jobs: Sequence[Job]) -> list[tuple[dict[str, to
     dtype = x_all.dtype if x_all.is_floating_point() else torch.float32
     index = torch.zeros((steps, c, batch), dtype=torch.long)
     mask = torch.zeros((steps, c, batch), dtype=dtype)
-    for i, sched in enumerate(schedules):
-        for t, idx in enumerate(sched):
-            index[t, i, : len(idx)] = idx + offsets[i]
-            mask[t, i, : len(idx)] = 1.0
+    # Clients with the same plan (size, steps, batch size) are filled together: their draws
+    # (one permutation per epoch started, from each client's own generator) are stacked and
+    # gathered through the plan's positions.
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for i, (pattern, _valid, _perms) in enumerate(plans):
+        groups.setdefault((len(jobs[i].x), pattern.shape[0], jobs[i].settings.batch_size), []).append(i)
+    for (n, t_steps, b), members in groups.items():
+        if t_steps == 0:
+            continue
+        pattern, valid, n_perms = plans[members[0]]
+        flats = torch.stack([torch.cat([torch.randperm(n, generator=jobs[i].generator) for _ in range(n_perms)])
+                             for i in members])  # [g, n_perms * n]
+        gathered = flats[:, pattern.clamp(min=0)] + torch.tensor([offsets[i] for i in members]).view(-1, 1, 1)
+        rows = torch.tensor(members)
+        index[:t_steps, rows, :b] = (gathered * valid).transpose(0, 1)
+        mask[:t_steps, rows, :b] = valid.to(dtype).unsqueeze(0).expand(len(members), -1, -1).transpose(0, 1)
     index, mask = index.to(device), mask.to(device)
     counts = mask.sum(dim=2)  # [steps, c]: each client's batch size at each step
+    schedules = [p[0] for p in plans]
     active = [sum(1 for s in schedules if len(s) > t) for t in range(steps)]
 
-    params = {n: torch.stack([j.params[n].detach().to(device, dtype) for j in jobs]) for n in names}
+    params = {}
+    for n in names:
+        first = jobs[0].params[n]
+        if all(j.params[n] is first for j in jobs):  # the usual case: everyone got the same global model
+            params[n] = first.detach().to(device, dtype).unsqueeze(0).expand(c, *first.shape).clone()
+        else:
+            params[n] = torch.stack([j.params[n].detach().to(device, dtype) for j in jobs])
 
     def per_client(values: list[float], like: torch.Tensor) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype, device=device).reshape((-1,) + (1,) * (like.dim() - 1))
@@ -207,12 +245,12 @@ def train_many(model: nn.Module, jobs: Sequence[Job]) -> list[tuple[dict[str, to
                     else:
                         buf[:k].mul_(mom[n][:k]).add_(g)
                     g = torch.where(mom[n][:k] > 0, buf[:k], g)
-                p.sub_(lr[n][:k] * g)
+                p.addcmul_(lr[n][:k], g, value=-1.0)
             loss_sum[:k] += ce.double() * counts[t, :k].double()
     losses = loss_sum.cpu()
     out: list[tuple[dict[str, torch.Tensor], TrainOutcome]] = [None] * c  # type: ignore[list-item]
     for i, sched in enumerate(schedules):
-        seen = int(sum(len(idx) for idx in sched))
+        seen = int(plans[i][1].sum())
         outcome = TrainOutcome(loss=float(losses[i]) / seen if seen else math.nan, steps=len(sched),
                                examples_seen=seen)
         out[order[i]] = ({n: params[n][i].detach().cpu().clone() for n in names}, outcome)
