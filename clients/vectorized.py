@@ -253,5 +253,5 @@ def train_many(model: nn.Module, jobs: Sequence[Job]) -> list[tuple[dict[str, to
         seen = int(plans[i][1].sum())
         outcome = TrainOutcome(loss=float(losses[i]) / seen if seen else math.nan, steps=len(sched),
                                examples_seen=seen)
-        out[order[i]] = ({n: params[n][i].detach().cpu().clone() for n in names}, outcome)
+        out[order[i]] = ({n: params[n][i].detach().cpu() for n in names}, outcome)  # views: replies copy them
     return out
