@@ -425,6 +425,7 @@ class SimulationGrid(Grid):
         purposes: list[str] = []
         bytes_down = bytes_up = 0
         occurrence: dict[int, int] = {}
+        down_cache: dict[int, int] = {}
         for slot, (_, msg) in enumerate(items):
             dst = msg.metadata.dst_node_id
             if not (NODE_ID_OFFSET <= dst < NODE_ID_OFFSET + self.num_nodes):
@@ -434,7 +435,9 @@ class SimulationGrid(Grid):
             cid = self.partition_id(dst)
             k = occurrence[dst] = occurrence.get(dst, -1) + 1
             purpose = f"{phase}-{k}" if k else phase
-            down_bytes = array_bytes(msg.content)
+            down_bytes = down_cache.get(id(msg.content))
+            if down_bytes is None:  # usually one content (the global model) for every message
+                down_bytes = down_cache[id(msg.content)] = array_bytes(msg.content)
             d = system.dispatch(cid, rnd, phase, starts[slot], down_bytes, purpose, deadline)
             if d.down is not None:
                 bytes_down += down_bytes

@@ -117,8 +117,10 @@ class VectorizedExecutor(SerialExecutor):
             _, arrays, _, _ = fedsim_app._records(msg)
         except ValueError as exc:
             return str(exc)
-        model = fedsim_app.runtime_for(self._run_config).model
-        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        expected = getattr(self, "_expected", None)
+        if expected is None:
+            model = fedsim_app.runtime_for(self._run_config).model
+            expected = self._expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         if {k: tuple(a.shape) for k, a in arrays.items()} != expected:
             return "the arrays do not match the model (the ClientApp reports the error)"
         return None
