@@ -117,6 +117,7 @@ def test_fuzz_counted_enough_cases() -> None:
     """Runs after the fuzz test in file order: at least 500 scenario files were checked."""
     if CASES["n"] == 0:
         pytest.skip("the fuzz test did not run in this session (deselected)")
+    print(f"fuzz: {CASES['n']} scenario files checked, {CASES['ok']} accepted, {CASES['refused']} refused with one line")
     assert CASES["n"] >= 500, CASES
     assert CASES["refused"] > 100 and CASES["ok"] > 10, CASES
 
