@@ -60,26 +60,12 @@ class Job:
     generator: torch.Generator
 
 
-def batch_schedule(n: int, settings: TrainSettings, generator: torch.Generator) -> list[torch.Tensor]:
-    """The serial trainer's mini-batch indices, step by step (same draws, same order)."""
-    total = settings.total_steps(n)
-    out: list[torch.Tensor] = []
-    perm = torch.empty(0, dtype=torch.long)
-    pos = n
-    for _ in range(total):
-        if pos >= n:
-            perm = torch.randperm(n, generator=generator)
-            pos = 0
-        out.append(perm[pos : pos + settings.batch_size])
-        pos += settings.batch_size
-    return out
-
-
 @functools.lru_cache(maxsize=1024)
 def _plan(n: int, settings: TrainSettings) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The serial trainer's batch positions for a client of ``n`` samples, as positions in
     the concatenation of its epoch permutations: ``(positions [steps, B] (-1 = padding),
-    valid mask [steps, B], permutations drawn)``. Same draws, same order as `batch_schedule`."""
+    valid mask [steps, B], permutations drawn)``: the same draws in the same order as the
+    serial trainer's loop (a new permutation whenever an epoch starts)."""
     total, b = settings.total_steps(n), settings.batch_size
     positions = torch.full((total, b), -1, dtype=torch.long)
     pos, perms = n, 0

@@ -10,7 +10,7 @@ from torch import nn
 
 import fedsim
 from clients.trainer import TrainSettings, train
-from clients.vectorized import Job, batch_schedule, train_many, unsupported
+from clients.vectorized import Job, train_many, unsupported
 from tests.conftest import tiny_config
 
 
@@ -35,13 +35,18 @@ SETTINGS = [
 SIZES = [10, 13, 5, 9, 7, 0]
 
 
-def test_batch_schedule_is_the_serial_order() -> None:
-    s = TrainSettings(epochs=2, batch_size=4)
-    sched = batch_schedule(10, s, torch.Generator().manual_seed(1))
+def test_batch_plan_is_the_serial_order() -> None:
+    from clients.vectorized import _plan
+
+    positions, valid, perms = _plan(10, TrainSettings(epochs=2, batch_size=4))
+    assert perms == 2 and valid.sum(dim=1).tolist() == [4, 4, 2, 4, 4, 2]
+    g = torch.Generator().manual_seed(1)
+    flat = torch.cat([torch.randperm(10, generator=g), torch.randperm(10, generator=g)])
+    batches = [flat[p[v.bool()]] for p, v in zip(positions, valid)]
     g = torch.Generator().manual_seed(1)
     p1, p2 = torch.randperm(10, generator=g), torch.randperm(10, generator=g)
-    assert [len(b) for b in sched] == [4, 4, 2, 4, 4, 2]
-    assert torch.equal(torch.cat(sched), torch.cat([p1, p2]))
+    assert torch.equal(torch.cat(batches), torch.cat([p1, p2]))
+    assert torch.equal(batches[2], p1[8:]) and torch.equal(batches[3], p2[:4])
 
 
 @pytest.mark.parametrize("make", [mlp, tanh_net], ids=["dense-kernel", "vmap"])
