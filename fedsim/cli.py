@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a scenario value (repeatable), e.g. --set strategy.fraction_train=0.2")
     p_run.add_argument("--out", default=None, help="results folder (default: report.out_dir/<name>-<time>)")
 
+    p_dep = sub.add_parser("deploy-app", help="write a Flower app folder running a scenario on Flower's Deployment Engine")
+    p_dep.add_argument("scenario", help="path to a scenario .toml, or a preset name")
+    p_dep.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p_dep.add_argument("--out", required=True, help="the app folder to write")
+    p_dep.add_argument("--port", type=int, default=9093, help="the SuperLink port in the printed commands")
+
     p_check = sub.add_parser("check", help="validate a scenario (config, data, model, strategy) without training")
     p_check.add_argument("scenario", help="path to a scenario .toml, or a preset name")
     p_check.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
@@ -135,6 +141,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{s['name']}: {s['rounds']} rounds, final centralized accuracy "
                   f"{'n/a' if acc is None else f'{acc:.4f}'}, {s['client_failures']} client failures; "
                   f"results in {result.out_dir}")
+            return 0
+        if args.command == "deploy-app":
+            from fedsim.config import load_config
+            from fedsim.deployment import commands, write_app
+
+            cfg = load_config(resolve_scenario(args.scenario), args.overrides)
+            path = write_app(cfg, args.out)
+            print(f"wrote {path}; one SuperNode per client ({cfg.data.num_clients}):")
+            for line in commands(cfg, args.out, args.port):
+                print("  " + line)
             return 0
         if args.command == "check":
             from fedsim.runner import check
