@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             from fedsim.deployment import commands, write_app
 
             cfg = load_config(resolve_scenario(args.scenario), args.overrides)
-            path = write_app(cfg, args.out)
+            path = write_app(cfg, args.out, args.port)
             print(f"wrote {path}; one SuperNode per client ({cfg.data.num_clients}):")
             for line in commands(cfg, args.out, args.port):
                 print("  " + line)

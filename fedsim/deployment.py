@@ -1,30 +1,39 @@
 """The same scenario on Flower's Deployment Engine: a real SuperLink, real SuperNodes, gRPC/HTTP.
 
 ``fedsim deploy-app SCENARIO --out DIR`` writes a Flower app folder whose ServerApp is
-`server_app` below and whose ClientApp is fedsim's own (``clients.app:app``); the scenario
-travels in the app's ``[tool.flwr.app.config]`` exactly as fedsim's simulation passes it to
-the ClientApp (flat ``section.key`` TOML literals), so both sides rebuild the same data,
-model and strategy from the same seed. Each SuperNode is one client:
-``--node-config "partition-id=I num-partitions=N"``. With the same seed the run gives the
-numbers of ``fedsim run`` (``tests/test_deployment_engine.py`` checks it).
+`server_app` below and whose ClientApp is fedsim's own (``clients.app:app``, or its
+clipping variant for the ``dp_client_*`` wrappers); the scenario travels in the app's
+``[tool.flwr.app.config]`` exactly as fedsim's simulation passes it to the ClientApp (flat
+``section.key`` TOML literals), plus ``[server]`` and the simulated-grid sections for the
+ServerApp, so both sides rebuild the same data, model and strategy from the same seed.
+Each SuperNode is one client: ``--node-config "partition-id=I num-partitions=N"``. With
+the same seed the run gives the numbers of ``fedsim run`` (``tests/test_deployment_engine.py``
+checks it). The folder also holds ``.flwr/config.toml`` (Flower leaves ``.flwr`` out of the
+app bundle) naming the local SuperLink, so ``FLWR_HOME=DIR/.flwr flwr run DIR fedsim-local``
+needs nothing in ``~/.flwr``.
 
 The virtual clock (``[devices]``, ``[network]``, ``[round]`` policies), injected faults,
-Byzantine clients, codecs' grid-side decoding and attack probes belong to the simulated
-grid: on real infrastructure they do not apply, and the ServerApp says so in its log.
+Byzantine clients and attack probes belong to the simulated grid: on real infrastructure
+they do not apply, and the ServerApp says so in its log. Codecs are decoded by the simulated
+grid, so a scenario with ``[[codec]]`` is refused.
 """
 
 from __future__ import annotations
 
 import json
-import logging
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.common.logger import log as flwr_log
 from flwr.serverapp import Grid, ServerApp
 
-log = logging.getLogger("fedsim")
+from fedsim.errors import ConfigError
+
 RESULT_PREFIX = "FEDSIM-DEPLOY-RESULT "
+CONNECTION = "fedsim-local"  # the SuperLink connection written into the app's .flwr/config.toml
+SIMULATED = ("devices", "network", "round", "faults", "byzantine", "probe")
 
 server_app = ServerApp()
 
@@ -34,13 +43,27 @@ def simulation_only(cfg: Any) -> list[str]:
     from fedsim.config import Config
 
     default = Config.__dataclass_fields__
-    out = []
-    for section in ("devices", "network", "round", "faults", "byzantine", "probe"):
-        value = getattr(cfg, section)
-        if value != default[section].default:
-            out.append(f"[{section}]")
+    return [f"[{s}]" for s in SIMULATED if getattr(cfg, s) != default[s].default]
+
+
+def check_deployable(cfg: Any) -> None:
+    if cfg.client.app != "fedsim":
+        raise ConfigError("client.app", cfg.client.app, 'deploy-app runs fedsim\'s ClientApp ("fedsim"); '
+                                                         "a Flower app of your own already deploys as it is")
     if cfg.codec:
-        out.append("codec")
+        raise ConfigError("codec", [c.name for c in cfg.codec], "codecs are decoded by fedsim's simulated grid; "
+                                                                 "remove [[codec]] to deploy")
+
+
+def run_config(cfg: Any) -> dict[str, str]:
+    """The app's run config: the ClientApp's keys (`to_run_config`), ``[server]`` and the
+    simulated-grid sections (so the ServerApp can name what does not apply)."""
+    from clients.runconfig import _flatten, to_run_config
+
+    out = to_run_config(cfg)
+    plain = cfg.to_dict()
+    for section in ("server", *SIMULATED):
+        _flatten(section, plain[section], out)
     return out
 
 
@@ -49,46 +72,55 @@ def main(grid: Grid, context: Context) -> None:
     from clients.models import init_model
     from clients.runconfig import from_run_config
     from clients.trainer import evaluate
+    from fedsim import seeding
+    from fedsim.runner import torch_threads, warm_up
     from scenarios.federation import federated_data
     from strategies.registry import build_strategy
 
     cfg = from_run_config(dict(context.run_config))
+    check_deployable(cfg)
     ignored = simulation_only(cfg)
     if ignored:
-        logging.getLogger("flwr").warning(
-            "fedsim: %s of scenario %r apply to fedsim's simulated grid only; on the Deployment Engine the "
-            "real network and devices decide", ", ".join(ignored), cfg.run.name)
-    data = federated_data(cfg.data, cfg.run.seed)
-    model = init_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes, cfg.run.seed)
-    strategy = build_strategy(cfg.strategy.name, cfg.strategy.params)
+        flwr_log(WARNING, "fedsim: %s of scenario %r apply to fedsim's simulated grid only; on the Deployment "
+                          "Engine the real network and devices decide", ", ".join(ignored), cfg.run.name)
+    seed, rounds = cfg.run.seed, cfg.run.rounds
     history: list[dict[str, Any]] = []
+    with torch_threads(cfg.client.threads):
+        data = federated_data(cfg.data, seed)
+        model = init_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes, seed)
+        if cfg.data.sharing.enabled and cfg.data.sharing.warmup_epochs > 0:
+            warm_up(model, data, cfg)
+        initial = ArrayRecord(model.state_dict())
+        strategy = build_strategy(cfg.strategy.name, cfg.strategy.params)
 
-    def central(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        if not cfg.server.centralized_eval:
-            return None
-        model.load_state_dict(arrays.to_torch_state_dict())
-        loss, acc = evaluate(model, data.server_x, data.server_y)
-        history.append({"round": server_round, "central_loss": loss, "central_acc": acc})
-        return MetricRecord({"loss": loss, "accuracy": acc})
+        def central(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            due = server_round % cfg.server.eval_every == 0 or server_round == rounds
+            if not cfg.server.centralized_eval or not due:
+                return None
+            model.load_state_dict(arrays.to_torch_state_dict())
+            loss, acc = evaluate(model, data.server_x, data.server_y)
+            history.append({"round": server_round, "central_loss": loss, "central_acc": acc})
+            flwr_log(INFO, "fedsim: round %d/%d centralized accuracy %.4f, loss %.4f", server_round, rounds, acc, loss)
+            return MetricRecord({"loss": loss, "accuracy": acc})
 
-    timeout = cfg.round.deadline if cfg.round.deadline is not None else cfg.server.timeout
-    strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=cfg.run.rounds,
-                   timeout=timeout, evaluate_fn=central)
-    print(RESULT_PREFIX + json.dumps({"name": cfg.run.name, "rounds": cfg.run.rounds, "history": history}),
-          flush=True)
+        seeding.seed_python_random(seed, 0, "start")
+        result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=rounds,
+                                timeout=cfg.server.timeout, evaluate_fn=central)
+    trained = sorted(getattr(result, "train_metrics_clientapp", None) or {})
+    print(RESULT_PREFIX + json.dumps({
+        "name": cfg.run.name, "rounds": rounds, "train_rounds": trained,
+        "final_central_acc": history[-1]["central_acc"] if history else None, "history": history,
+    }), flush=True)
 
 
-def write_app(cfg: Any, folder: str | Path) -> Path:
-    """A Flower app folder (pyproject.toml) running ``cfg`` with fedsim's ServerApp and ClientApp."""
+def write_app(cfg: Any, folder: str | Path, port: int = 9093) -> Path:
+    """A Flower app folder (pyproject.toml) running ``cfg`` with fedsim's ServerApp and ClientApp,
+    and ``.flwr/config.toml`` naming the SuperLink at ``127.0.0.1:port`` as ``fedsim-local``."""
     import tomli_w
 
-    from clients.runconfig import to_run_config
+    from fedsim.runner import make_app_ref
 
-    if cfg.client.app != "fedsim":
-        from fedsim.errors import ConfigError
-
-        raise ConfigError("client.app", cfg.client.app, 'deploy-app runs fedsim\'s ClientApp ("fedsim"); '
-                                                         "a Flower app of your own already deploys as it is")
+    check_deployable(cfg)
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     doc = {
@@ -99,11 +131,15 @@ def write_app(cfg: Any, folder: str | Path) -> Path:
         "tool": {"hatch": {"build": {"targets": {"wheel": {"packages": ["."]}}}},
                  "flwr": {"app": {"publisher": "fedsim",
                                   "components": {"serverapp": "fedsim.deployment:server_app",
-                                                 "clientapp": "clients.app:app"},
-                                  "config": to_run_config(cfg)}}},
+                                                 "clientapp": make_app_ref(cfg)[0].target},
+                                  "config": run_config(cfg)}}},
     }
     path = out / "pyproject.toml"
     path.write_text(tomli_w.dumps(doc))
+    home = out / ".flwr"
+    home.mkdir(exist_ok=True)
+    (home / "config.toml").write_text(tomli_w.dumps({"superlink": {
+        "default": CONNECTION, CONNECTION: {"address": f"127.0.0.1:{port}", "insecure": True}}}))
     return path
 
 
@@ -114,7 +150,5 @@ def commands(cfg: Any, folder: str | Path, port: int = 9093) -> list[str]:
     for i in range(n):
         lines.append(f'flower-supernode --insecure --superlink 127.0.0.1:{port} --port {port + 10 + i} '
                      f'--node-config "partition-id={i} num-partitions={n}" &')
-    lines.append(f"# in $FLWR_HOME/config.toml (default ~/.flwr): [superlink.fedsim-local] address = \"127.0.0.1:{port}\""
-                 ", insecure = true")
-    lines.append(f"flwr run {folder} fedsim-local --stream")
+    lines.append(f"FLWR_HOME={Path(folder) / '.flwr'} flwr run {folder} {CONNECTION} --stream")
     return lines
