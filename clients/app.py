@@ -181,7 +181,7 @@ def train(msg: Message, context: Context) -> Message:
     record, marker, seconds = encode_update(rt.codec, {k: a.numpy() for k, a in new_arrays.items()},
                                             {k: a.numpy() for k, a in arrays.items()}, ctx)
     save_state(context.state, state)
-    metrics = next(iter([r for _, r in metrics_of(reply.content)]))
+    metrics = metrics_of(reply.content)[0][1]
     metrics[keys.ENCODE_SECONDS] = seconds
     return Message(RecordDict({new_key: record, keys.METRICS: metrics, MARKER: marker}), reply_to=msg)
 

@@ -69,7 +69,7 @@ def draw(faults: FaultsSection, seed: int, rnd: int, cid: int) -> str | None:
 
 
 def _round(message: Message) -> int:
-    for rec in [r for _, r in configs_of(message.content)]:
+    for _, rec in configs_of(message.content):
         value = rec.get(keys.SERVER_ROUND)
         if isinstance(value, int):
             return value

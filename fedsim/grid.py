@@ -33,7 +33,7 @@ from fedsim.executors.base import Executor, Task, TaskResult, error_reply
 from fedsim.payload import array_view, implausible
 from fedsim.policies import select
 from fedsim.system import DROPOUT, MODEL_LOST, OK, REPLY_LOST, UNAVAILABLE, Dispatch, SystemModel, overcommit_nodes
-from fedsim.records import arrays_of, configs_of, metrics_of
+from fedsim.records import array_bytes, arrays_of, configs_of, metrics_of
 
 #: Node ids are ``NODE_ID_OFFSET + partition id``.
 NODE_ID_OFFSET = 1_000_000
@@ -83,11 +83,6 @@ class Exchange:
     decode_seconds: float = 0.0  # wall seconds decoding codec payloads
 
 
-def array_bytes(content: RecordDict) -> int:
-    """Bytes of the serialized arrays in a message's records."""
-    return sum(len(arr.data) for rec in [r for _, r in arrays_of(content)] for arr in rec.values())
-
-
 def non_finite(content: RecordDict) -> str | None:
     """The first array/metric holding NaN or Inf, or None."""
     for rkey, rec in arrays_of(content):
@@ -130,7 +125,7 @@ def message_round(message: Message) -> int | None:
     """The ``server-round`` a strategy put in the message's config, if any."""
     if not message.has_content():
         return None
-    for rec in [r for _, r in configs_of(message.content)]:
+    for _, rec in configs_of(message.content):
         value = rec.get(keys.SERVER_ROUND)
         if isinstance(value, int):
             return value
@@ -582,7 +577,7 @@ def weighted_metric(replies: Sequence[Message], names: Sequence[str]) -> float |
     for reply in replies:
         if reply.has_error():
             continue
-        for rec in [r for _, r in metrics_of(reply.content)]:
+        for _, rec in metrics_of(reply.content):
             value = next((rec[n] for n in names if n in rec), None)
             if isinstance(value, (int, float)):
                 w = rec.get(keys.NUM_EXAMPLES, 1)

@@ -122,7 +122,7 @@ def metric_sum(replies: Any, name: str) -> float:
     for reply in replies:
         if reply.has_error():
             continue
-        for rec in [r for _, r in metrics_of(reply.content)]:
+        for _, rec in metrics_of(reply.content):
             value = rec.get(name)
             if isinstance(value, (int, float)):
                 total += float(value)

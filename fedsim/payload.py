@@ -87,7 +87,7 @@ def fill_missing(content: RecordDict, missing: dict[tuple[str, str], np.ndarray]
                  reference: RecordDict) -> RecordDict | None:
     """``content`` with missing values taken from ``reference`` (the global model sent);
     None when the reference lacks a matching array."""
-    ref_arrays = {k: a for rec in [r for _, r in arrays_of(reference)] for k, a in rec.items()}
+    ref_arrays = {k: a for _, rec in arrays_of(reference) for k, a in rec.items()}
 
     def fill(rkey: str, akey: str, arr: Array) -> Array | None:
         mask = missing.get((rkey, akey))
@@ -144,7 +144,7 @@ def _flippable(content: RecordDict, seg: Segment) -> bool:
 
 def implausible(content: RecordDict, reference: RecordDict, threshold: float) -> str | None:
     """The first array with a value beyond ``threshold x max(1, max|reference|)``, or None."""
-    ref = {k: a for rec in [r for _, r in arrays_of(reference)] for k, a in rec.items()}
+    ref = {k: a for _, rec in arrays_of(reference) for k, a in rec.items()}
     for rkey, rec in arrays_of(content):
         for akey, arr in rec.items():
             values = array_view(arr)

@@ -20,3 +20,8 @@ def configs_of(content: RecordDict) -> list[tuple[str, ConfigRecord]]:
 
 def metrics_of(content: RecordDict) -> list[tuple[str, MetricRecord]]:
     return [(k, r) for k, r in content.items() if isinstance(r, MetricRecord)]
+
+
+def array_bytes(content: RecordDict) -> int:
+    """Bytes of the serialized arrays in a message's records (what travels on a link)."""
+    return sum(len(arr.data) for _, rec in arrays_of(content) for arr in rec.values())

@@ -76,7 +76,7 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return ", ".join(str(v) if k == VARIANT else f"{k}={_short(v)}" for k, v in self.point.items()) or "base"
+        return ", ".join(str(v) if k == VARIANT else f"{k}={describe(v)}" for k, v in self.point.items()) or "base"
 
 
 def describe(value: Any) -> str:
@@ -90,8 +90,6 @@ def describe(value: Any) -> str:
         return "[" + ", ".join(describe(v) for v in value) + "]"
     return str(value)
 
-
-_short = describe
 
 
 def set_value(raw: dict[str, Any], key: str, value: Any) -> None:

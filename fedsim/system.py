@@ -22,7 +22,7 @@ from fedsim.payload import fill_missing, flip_bits, implausible, missing_values
 from fedsim.policies import RoundSection
 from scenarios.devices import DeviceModel, DevicesSection
 from scenarios.network import LinkModel, NetworkSection, Transfer
-from fedsim.records import arrays_of, metrics_of
+from fedsim.records import array_bytes, metrics_of
 
 # Outcome statuses
 OK = "ok"
@@ -110,7 +110,7 @@ class SystemModel:
             return Arrival(ERROR, reply, down_s + up.seconds, 0.0, up)
         compute = examples_processed(reply.content) * d.seconds_per_sample
         content = reply.content
-        up = self.links.transfer(cid, _array_bytes(content), "up", rnd, purpose)
+        up = self.links.transfer(cid, array_bytes(content), "up", rnd, purpose)
         arrival = down_s + compute + up.seconds
         if not up.complete:
             if self.net.on_loss == "drop":
@@ -139,16 +139,12 @@ class SystemModel:
 
 def examples_processed(content: RecordDict) -> float:
     """Training samples the client processed: ``examples-seen`` if reported, else ``num-examples``."""
-    for rec in [r for _, r in metrics_of(content)]:
+    for _, rec in metrics_of(content):
         for key in (keys.EXAMPLES_SEEN, keys.NUM_EXAMPLES):
             value = rec.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
                 return float(value)
     return 0.0
-
-
-def _array_bytes(content: RecordDict) -> int:
-    return sum(len(arr.data) for rec in [r for _, r in arrays_of(content)] for arr in rec.values())
 
 
 def overcommit_nodes(seed: int, exchange: int, chosen: list[int], all_nodes: list[int], extra: int) -> list[int]:

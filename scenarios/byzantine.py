@@ -80,8 +80,8 @@ class ByzantineApp:
         reply = self.app(message, context)  # type: ignore[operator]
         if reply.has_error() or not arrays_of(message.content):
             return reply
-        sent = next(iter([r for _, r in arrays_of(message.content)]))
-        rnd = next((v for r in [r for _, r in configs_of(message.content)] for k, v in r.items()
+        sent = arrays_of(message.content)[0][1]
+        rnd = next((v for _, r in configs_of(message.content) for k, v in r.items()
                     if k == keys.SERVER_ROUND and isinstance(v, int)), 0)
         rng = seeding.rng(self.seed, rnd, cid, "byzantine-noise")
         content = RecordDict()

@@ -241,8 +241,8 @@ class FedBuff(Strategy):
                     continue
                 local = {k: a.numpy() for _, rec in arrays_of(reply.content) for k, a in rec.items()}
                 delta = {k: start_model[k] - local[k] for k in start_model}
-                buffer.append((delta, fetched, RecordDict({"metrics": next(iter(
-                    [r for _, r in metrics_of(reply.content)] or [MetricRecord()]))})))
+                buffer.append((delta, fetched, RecordDict({"metrics": next(
+                    (r for _, r in metrics_of(reply.content)), MetricRecord())})))
             drain()
             launch(self.concurrency - len(inflight))
         log(INFO, "FedBuff finished after %d server steps", loop.version)

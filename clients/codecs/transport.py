@@ -87,7 +87,7 @@ def is_encoded(reply: Message) -> bool:
 
 def reference_arrays(sent: Message) -> dict[str, np.ndarray]:
     """The global model a message carried, as numpy arrays (decode once per exchange)."""
-    return {k: a.numpy() for rec in [r for _, r in arrays_of(sent.content)] for k, a in rec.items()}
+    return {k: a.numpy() for _, rec in arrays_of(sent.content) for k, a in rec.items()}
 
 
 def decode_reply(pipeline: Pipeline, reply: Message, sent: Message, ctx: CodecContext,

@@ -35,6 +35,8 @@ class VectorizedExecutor(SerialExecutor):
         self._why_not: str | None = None  # a reason that holds for the whole run
         self._said: set[str] = set()
         self.batched_calls = 0  # train calls served batched (for tests and benchmarks)
+        self._globals: dict[tuple[int, ...], dict[str, torch.Tensor]] = {}  # received arrays, as tensors
+        self._expected: dict[str, tuple[int, ...]] | None = None  # the model's array shapes
         self.serial_calls = 0
 
     def start(self, app: AppRef, run_id: int, run_config: Mapping[str, Any]) -> None:
@@ -88,7 +90,7 @@ class VectorizedExecutor(SerialExecutor):
             own = Task(task.node_id, task.node_config, task.state,
                        with_content(task.message, copy_content(task.message.content, task.extra_config)))
             results[i] = execute(self._app, own, self._run_id, self._run_config)
-        self._globals: dict[tuple[int, ...], dict[str, torch.Tensor]] = {}
+        self._globals = {}
         for start in range(0, len(batchable), self.chunk):
             group = batchable[start : start + self.chunk]
             for i, res in zip(group, self._train_batched([tasks[i] for i in group])):
@@ -117,7 +119,7 @@ class VectorizedExecutor(SerialExecutor):
             _, arrays, _, _ = fedsim_app._records(msg)
         except ValueError as exc:
             return str(exc)
-        expected = getattr(self, "_expected", None)
+        expected = self._expected
         if expected is None:
             model = fedsim_app.runtime_for(self._run_config).model
             expected = self._expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
