@@ -33,7 +33,7 @@ import numpy as np
 
 import fedsim
 from fedsim.config import Config, load_config
-from scenarios.federation import federated_data
+from fedsim.scenarios.federation import federated_data
 
 PRESETS = Path(__file__).resolve().parents[1] / "scenarios" / "presets"
 

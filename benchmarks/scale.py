@@ -69,10 +69,10 @@ def variant_plain(name: str) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from clients.models import init_model
-    from clients.trainer import evaluate
-    from fedsim import seeding
-    from scenarios.federation import federated_data
+    from fedsim.clients.models import init_model
+    from fedsim.clients.trainer import evaluate
+    from fedsim.core import seeding
+    from fedsim.scenarios.federation import federated_data
 
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -129,11 +129,11 @@ def variant_flower(name: str) -> dict:
     from flwr.serverapp.strategy import FedAvg
     from flwr.simulation import run_simulation
 
-    from clients import app as fedsim_app
-    from clients.models import init_model
-    from clients.runconfig import to_run_config
-    from clients.trainer import evaluate
-    from scenarios.federation import federated_data
+    from fedsim.clients import app as fedsim_app
+    from fedsim.clients.models import init_model
+    from fedsim.clients.runconfig import to_run_config
+    from fedsim.clients.trainer import evaluate
+    from fedsim.scenarios.federation import federated_data
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     cfg = workload(name)

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 import fedsim
-from clients import trainer
-from clients.models import init_model
-from fedsim import seeding
+from fedsim.clients import trainer
+from fedsim.clients.models import init_model
+from fedsim.core import seeding
 from fedsim.config import Config, from_dict
-from scenarios.federation import federated_data
+from fedsim.scenarios.federation import federated_data
 
 BETA = 0.05
 ALPHAS = (0.1, 0.5, 1.0)

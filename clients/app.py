@@ -2,7 +2,7 @@
 
 It is a plain ``flwr.clientapp.ClientApp``. Everything it needs comes from Flower's
 ``Context``: ``node_config["partition-id"]`` picks the partition and ``run_config``
-carries the scenario (see `clients.runconfig`). Data and the model object are built
+carries the scenario (see `fedsim.clients.runconfig`). Data and the model object are built
 once per process and reused across virtual clients and rounds. The strategy's train
 ``ConfigRecord`` may override ``lr``, ``local-epochs``, ``local-steps``,
 ``batch-size`` and carry ``proximal-mu`` (FedProx).
@@ -23,17 +23,17 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import LocalDpMod, adaptiveclipping_mod, fixedclipping_mod
 from torch import nn
 
-from clients import lora, trainer
-from clients.device import resolve as resolve_device
-from clients.codecs import MARKER, CodecContext, Pipeline, build_pipeline
-from clients.codecs.transport import encode_update, load_state, save_state
-from clients.models import build_model
-from clients.runconfig import from_run_config
-from fedsim import keys, seeding
+from fedsim.clients import lora, trainer
+from fedsim.clients.device import resolve as resolve_device
+from fedsim.clients.codecs import MARKER, CodecContext, Pipeline, build_pipeline
+from fedsim.clients.codecs.transport import encode_update, load_state, save_state
+from fedsim.clients.models import build_model
+from fedsim.clients.runconfig import from_run_config
+from fedsim.core import keys, seeding
 from fedsim.config import Config
-from scenarios.byzantine import LABEL_FLIP
-from scenarios.federation import FederatedData, federated_data
-from fedsim.records import arrays_of, configs_of, metrics_of
+from fedsim.scenarios.byzantine import LABEL_FLIP
+from fedsim.scenarios.federation import FederatedData, federated_data
+from fedsim.core.records import arrays_of, configs_of, metrics_of
 
 app = ClientApp()
 # The same ClientApp behind Flower's client-side DP clipping mods (for the dp_client_* wrappers).

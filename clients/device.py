@@ -11,7 +11,7 @@ import re
 
 import torch
 
-from fedsim.errors import ConfigError
+from fedsim.core.errors import ConfigError
 
 PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 

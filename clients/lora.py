@@ -29,10 +29,10 @@ import torch
 from flwr.app import Message
 from torch import nn
 
-from clients.codecs.base import Codec, register_codec
-from fedsim import keys, seeding
-from fedsim.errors import ConfigError
-from fedsim.schema import option
+from fedsim.clients.codecs.base import Codec, register_codec
+from fedsim.core import keys, seeding
+from fedsim.core.errors import ConfigError
+from fedsim.core.schema import option
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +63,8 @@ FIELD = "codec[0]"
 
 def build_base(cfg: Any, data: Any, params: LoraParams) -> nn.Module:
     """The frozen base model, identical in every process."""
-    from clients import trainer
-    from clients.models import init_model
+    from fedsim.clients import trainer
+    from fedsim.clients.models import init_model
 
     seed = cfg.run.seed
     model = init_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes, seed)

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedsim.errors import ConfigError
-from fedsim.registry import PluginRegistry
-from fedsim.schema import option
+from fedsim.core.errors import ConfigError
+from fedsim.core.registry import PluginRegistry
+from fedsim.core.schema import option
 
 ModelFn = Callable[[tuple[int, ...], int, Any], nn.Module]
 
@@ -84,7 +84,7 @@ def cnn(input_shape: tuple[int, ...], num_classes: int, params: CNNParams) -> nn
 
 def init_model(name: str, params: Any, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
     """The initial global model, its weights drawn from ``seed``."""
-    from fedsim import seeding
+    from fedsim.core import seeding
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seeding.int_seed(seed, 0, seeding.SERVER, "model-init"))

@@ -9,7 +9,7 @@ masked; a client that has finished its steps is frozen by a mask. One ``vmap`` o
 regression, MLPs — the same gradients are computed by hand with batched matrix products,
 which avoids autograd's per-call overhead); the SGD update
 (weight decay, momentum, the FedProx term ``mu * (w - w_global)``) is applied
-elementwise. The numbers equal `clients.trainer.train`'s up to floating-point summation
+elementwise. The numbers equal `fedsim.clients.trainer.train`'s up to floating-point summation
 order.
 
 Applies to models without buffers, dropout or batch norm, and to plain SGD (no gradient
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from clients.trainer import TrainOutcome, TrainSettings
+from fedsim.clients.trainer import TrainOutcome, TrainSettings
 
 STOCHASTIC = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 

@@ -19,7 +19,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from strategies import register_strategy
+from fedsim.strategies import register_strategy
 
 
 @register_strategy("norm_filtered_fedavg")

@@ -16,8 +16,8 @@ _LAZY = {
     "Config": "fedsim.config",
     "from_dict": "fedsim.config",
     "load_config": "fedsim.config",
-    "ConfigError": "fedsim.errors",
-    "SimulationGrid": "fedsim.grid",
+    "ConfigError": "fedsim.core.errors",
+    "SimulationGrid": "fedsim.engine.grid",
     "RunResult": "fedsim.runner",
     "run": "fedsim.runner",
 }

@@ -12,7 +12,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from fedsim.errors import ConfigError
+from fedsim.core.errors import ConfigError
 
 
 def preset_path(name: str) -> Path | None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedsim.errors import ConfigError
+from fedsim.core.errors import ConfigError
 from fedsim.report import METRICS, SUMMARY, read_metrics
 from fedsim.sweep import MANIFEST
 

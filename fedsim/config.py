@@ -15,14 +15,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fedsim.errors import ConfigError
-from fedsim.faults import FaultsSection
-from scenarios.byzantine import ByzantineSection, check_app
-from fedsim.policies import RoundSection
-from fedsim.schema import Named, named, named_list, option, parse, to_plain
-from scenarios.devices import DevicesSection
-from scenarios.attacks.probe import ProbeSection
-from scenarios.network import NetworkSection
+from fedsim.core.errors import ConfigError
+from fedsim.scenarios.faults import FaultsSection
+from fedsim.scenarios.byzantine import ByzantineSection, check_app
+from fedsim.engine.policies import RoundSection
+from fedsim.core.schema import Named, named, named_list, option, parse, to_plain
+from fedsim.scenarios.devices import DevicesSection
+from fedsim.scenarios.attacks.probe import ProbeSection
+from fedsim.scenarios.network import NetworkSection
 
 __all__ = ["Config", "Named", "load_config", "from_dict", "apply_overrides"]
 
@@ -52,8 +52,8 @@ class SharingSection:
 
 @dataclasses.dataclass(frozen=True)
 class DataSection:
-    dataset: Named = named("dataset", "scenarios.datasets:resolve_dataset_params")
-    partitioner: Named = named("partitioner", "scenarios.partitioners:resolve_partitioner_params", "iid")
+    dataset: Named = named("dataset", "fedsim.scenarios.datasets:resolve_dataset_params")
+    partitioner: Named = named("partitioner", "fedsim.scenarios.partitioners:resolve_partitioner_params", "iid")
     num_clients: int = option(10, ge=1, le=10_000_000)
     server_test_fraction: float = option(0.2, gt=0.0, lt=1.0,
                                          doc="held out for the server when the dataset has no official test split")
@@ -103,7 +103,7 @@ class ClientSection:
     def check(self, path: str) -> None:
         if self.local_epochs == 0 and self.local_steps == 0:
             raise ConfigError(f"{path}.local_epochs", 0, "must be >= 1 unless local_steps > 0")
-        from clients.device import resolve
+        from fedsim.clients.device import resolve
 
         resolve(self.device, f"{path}.device")  # "cuda" on a machine without CUDA fails here
         if self.app != "fedsim" and (":" not in self.app or self.app.startswith(":") or self.app.endswith(":")):
@@ -174,8 +174,8 @@ class ReportSection:
 class Config:
     """A validated scenario. Build it with `load_config` or `from_dict`."""
 
-    model: Named = named("model", "clients.models:resolve_model_params")
-    strategy: Named = named("strategy", "strategies.registry:resolve_strategy_args")
+    model: Named = named("model", "fedsim.clients.models:resolve_model_params")
+    strategy: Named = named("strategy", "fedsim.strategies.registry:resolve_strategy_args")
     run: RunSection = RunSection()
     data: DataSection = dataclasses.field(default=None)  # type: ignore[assignment]
     client: ClientSection = ClientSection()
@@ -183,7 +183,7 @@ class Config:
     devices: DevicesSection = DevicesSection()
     network: NetworkSection = NetworkSection()
     round: RoundSection = RoundSection()
-    codec: tuple[Named, ...] = named_list("codec", "clients.codecs:resolve_codec", "clients.codecs:check_chain")
+    codec: tuple[Named, ...] = named_list("codec", "fedsim.clients.codecs:resolve_codec", "fedsim.clients.codecs:check_chain")
     probe: ProbeSection = ProbeSection()
     faults: FaultsSection = FaultsSection()
     byzantine: ByzantineSection = ByzantineSection()
@@ -194,11 +194,11 @@ class Config:
     def check(self, path: str) -> None:
         if self.data is None:
             raise ConfigError("data.dataset.name", None, "required: the dataset to use")
-        from strategies.registry import check_against_federation
+        from fedsim.strategies.registry import check_against_federation
 
         check_against_federation(self.strategy.name, self.strategy.params, self.data.num_clients,
                                  self.data.client_test_fraction)
-        from scenarios.attacks.probe import check_probe_config
+        from fedsim.scenarios.attacks.probe import check_probe_config
 
         check_probe_config(self)
         check_app(self.byzantine, self.client.app)

@@ -1,7 +1,7 @@
 """The same scenario on Flower's Deployment Engine: a real SuperLink, real SuperNodes, gRPC/HTTP.
 
 ``fedsim deploy-app SCENARIO --out DIR`` writes a Flower app folder whose ServerApp is
-`server_app` below and whose ClientApp is fedsim's own (``clients.app:app``, or its
+`server_app` below and whose ClientApp is fedsim's own (``fedsim.clients.app:app``, or its
 clipping variant for the ``dp_client_*`` wrappers); the scenario travels in the app's
 ``[tool.flwr.app.config]`` exactly as fedsim's simulation passes it to the ClientApp (flat
 ``section.key`` TOML literals), plus ``[server]`` and the simulated-grid sections for the
@@ -29,7 +29,7 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.common.logger import log as flwr_log
 from flwr.serverapp import Grid, ServerApp
 
-from fedsim.errors import ConfigError
+from fedsim.core.errors import ConfigError
 
 RESULT_PREFIX = "FEDSIM-DEPLOY-RESULT "
 CONNECTION = "fedsim-local"  # the SuperLink connection written into the app's .flwr/config.toml
@@ -58,7 +58,7 @@ def check_deployable(cfg: Any) -> None:
 def run_config(cfg: Any) -> dict[str, str]:
     """The app's run config: the ClientApp's keys (`to_run_config`), ``[server]`` and the
     simulated-grid sections (so the ServerApp can name what does not apply)."""
-    from clients.runconfig import _flatten, to_run_config
+    from fedsim.clients.runconfig import _flatten, to_run_config
 
     out = to_run_config(cfg)
     plain = cfg.to_dict()
@@ -69,13 +69,13 @@ def run_config(cfg: Any) -> dict[str, str]:
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
-    from clients.models import init_model
-    from clients.runconfig import from_run_config
-    from clients.trainer import evaluate
-    from fedsim import seeding
+    from fedsim.clients.models import init_model
+    from fedsim.clients.runconfig import from_run_config
+    from fedsim.clients.trainer import evaluate
+    from fedsim.core import seeding
     from fedsim.runner import torch_threads, warm_up
-    from scenarios.federation import federated_data
-    from strategies.registry import build_strategy
+    from fedsim.scenarios.federation import federated_data
+    from fedsim.strategies.registry import build_strategy
 
     cfg = from_run_config(dict(context.run_config))
     check_deployable(cfg)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.metrics import SYSTEM_COUNTS
+from fedsim.engine.metrics import SYSTEM_COUNTS
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
@@ -46,7 +46,7 @@ class RunWriter:
     """Writes a run's folder as it goes (metrics.jsonl grows one line per round)."""
 
     def __init__(self, out_dir: str | Path) -> None:
-        from fedsim.errors import ConfigError
+        from fedsim.core.errors import ConfigError
 
         self.out = Path(out_dir)
         if (self.out / METRICS).exists():
@@ -77,7 +77,7 @@ class RunWriter:
                     break
                 kept.append(record)
         if [r["round"] for r in kept] != list(range(keep_rounds + 1)):
-            from fedsim.errors import ConfigError
+            from fedsim.core.errors import ConfigError
 
             raise ConfigError("--resume", str(self.out), f"metrics.jsonl does not hold rounds 0..{keep_rounds} "
                                                           "of the checkpoint")

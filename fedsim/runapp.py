@@ -25,16 +25,16 @@ from flwr.serverapp import ServerApp
 
 from fedsim import report
 from fedsim.config import load_toml, parse_override_value
-from fedsim.policies import RoundSection
-from fedsim.schema import parse
-from fedsim.system import SystemModel
-from scenarios.devices import DevicesSection
-from scenarios.network import NetworkSection
-from fedsim.errors import ConfigError
-from fedsim.executors import AppRef, make_executor
-from fedsim.executors.base import load_object
-from fedsim.grid import SimulationGrid
-from fedsim.metrics import Recorder
+from fedsim.engine.policies import RoundSection
+from fedsim.core.schema import parse
+from fedsim.engine.system import SystemModel
+from fedsim.scenarios.devices import DevicesSection
+from fedsim.scenarios.network import NetworkSection
+from fedsim.core.errors import ConfigError
+from fedsim.engine.executors import AppRef, make_executor
+from fedsim.engine.executors.base import load_object
+from fedsim.engine.grid import SimulationGrid
+from fedsim.engine.metrics import Recorder
 from fedsim.runner import flower_log_level, torch_threads
 
 log = logging.getLogger("fedsim")

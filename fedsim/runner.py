@@ -15,21 +15,23 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp.strategy import Result, Strategy
 
-from clients import lora
-from clients.codecs import build_pipeline
-from clients.models import build_model, init_model
-from clients.runconfig import to_run_config
-from clients.trainer import evaluate
-from fedsim import checkpoint, report, seeding
-from fedsim.errors import ConfigError
+from fedsim.clients import lora
+from fedsim.clients.codecs import build_pipeline
+from fedsim.clients.models import build_model, init_model
+from fedsim.clients.runconfig import to_run_config
+from fedsim.clients.trainer import evaluate
+from fedsim.engine import checkpoint
+from fedsim import report
+from fedsim.core import seeding
+from fedsim.core.errors import ConfigError
 from fedsim.config import Config, load_config
-from fedsim.executors import AppRef, make_executor
-from fedsim.grid import SimulationGrid
-from fedsim.metrics import Recorder
+from fedsim.engine.executors import AppRef, make_executor
+from fedsim.engine.grid import SimulationGrid
+from fedsim.engine.metrics import Recorder
 from fedsim.progress import RoundProgress
-from fedsim.system import SystemModel
-from scenarios.federation import federated_data
-from strategies.registry import build_strategy
+from fedsim.engine.system import SystemModel
+from fedsim.scenarios.federation import federated_data
+from fedsim.strategies.registry import build_strategy
 
 log = logging.getLogger("fedsim")
 
@@ -89,15 +91,15 @@ def make_app_ref(cfg: Config) -> tuple[AppRef, dict[str, Any]]:
     if cfg.faults.enabled:
         extra["faults"] = cfg.faults
     if cfg.byzantine.enabled:
-        from scenarios.byzantine import malicious_clients
+        from fedsim.scenarios.byzantine import malicious_clients
 
         extra.update(byzantine=cfg.byzantine,
                      malicious=malicious_clients(cfg.byzantine, cfg.data.num_clients, cfg.run.seed))
     if cfg.client.app == "fedsim":
-        from strategies.wrappers import CLIENT_MODS
+        from fedsim.strategies.wrappers import CLIENT_MODS
 
         mod = CLIENT_MODS.get(getattr(cfg.strategy.params, "wrapper", ""), "")
-        return AppRef(f"clients.app:app_{mod}" if mod else "clients.app:app", **extra), to_run_config(cfg)
+        return AppRef(f"clients.app:app_{mod}" if mod else "fedsim.clients.app:app", **extra), to_run_config(cfg)
     return AppRef(cfg.client.app, paths=(os.getcwd(),), **extra), dict(cfg.client.app_config)
 
 
@@ -236,7 +238,7 @@ def _run(cfg: Config, out: Path | None, writer: report.RunWriter | None, ck: Any
                 shift_rounds(strategy, start_round)
         recorder.clock = grid.clock
         if cfg.server.reduce_replies and not cfg.probe.enabled:
-            from fedsim.streaming import reducible
+            from fedsim.engine.streaming import reducible
 
             if reducible(strategy):
                 grid.reduce_by = strategy.weighted_by_key
@@ -310,7 +312,7 @@ def make_prober(cfg: Config, data: Any, server_model: torch.nn.Module, lora_mode
     """The attack probe: the attacker builds the same architecture (adapters included)."""
     import copy
 
-    from scenarios.attacks.probe import ProbeRunner
+    from fedsim.scenarios.attacks.probe import ProbeRunner
 
     if lora_mode:
         template = copy.deepcopy(server_model)
@@ -329,7 +331,7 @@ def make_prober(cfg: Config, data: Any, server_model: torch.nn.Module, lora_mode
 
 def warm_up(model: torch.nn.Module, data: Any, cfg: Config) -> None:
     """Zhao et al.'s server warm-up: train the initial global model on the shared set G."""
-    from clients import trainer
+    from fedsim.clients import trainer
 
     s = cfg.data.sharing
     x, y = data.shared()
@@ -341,7 +343,7 @@ def warm_up(model: torch.nn.Module, data: Any, cfg: Config) -> None:
 
 def _executor_kwargs(cfg: Config) -> dict[str, Any]:
     if cfg.executor.name == "ray":
-        from fedsim.executors.ray import Tier
+        from fedsim.engine.executors.ray import Tier
 
         r = cfg.ray
         return dict(address=r.address, num_actors=r.num_actors, cpus_per_actor=r.cpus_per_actor,

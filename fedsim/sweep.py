@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.config import Config, from_dict, load_toml
-from fedsim.errors import ConfigError
-from fedsim.schema import option, parse
+from fedsim.core.errors import ConfigError
+from fedsim.core.schema import option, parse
 
 MANIFEST = "sweep.json"
 

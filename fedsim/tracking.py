@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from fedsim.errors import ConfigError
+from fedsim.core.errors import ConfigError
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:

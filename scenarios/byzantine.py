@@ -20,10 +20,10 @@ import dataclasses
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from fedsim import keys, seeding
-from fedsim.errors import ConfigError
-from fedsim.schema import option
-from fedsim.records import arrays_of, configs_of
+from fedsim.core import keys, seeding
+from fedsim.core.errors import ConfigError
+from fedsim.core.schema import option
+from fedsim.core.records import arrays_of, configs_of
 
 ATTACKS = ("sign_flip", "scaled", "label_flip", "random")
 LABEL_FLIP = "fedsim-label-flip"  # a train-config key fedsim's ClientApp honours

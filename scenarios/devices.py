@@ -18,15 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from fedsim import seeding
-from fedsim.errors import ConfigError
-from fedsim.schema import Named, named, option
-from scenarios.distributions import ConstantParams, parse_float, read_csv, sample
+from fedsim.core import seeding
+from fedsim.core.errors import ConfigError
+from fedsim.core.schema import Named, named, option
+from fedsim.scenarios.distributions import ConstantParams, parse_float, read_csv, sample
 
 
 @dataclasses.dataclass(frozen=True)
 class DevicesSection:
-    speed: Named = named("distribution", "scenarios.distributions:positive", Named("constant", ConstantParams(1.0)))
+    speed: Named = named("distribution", "fedsim.scenarios.distributions:positive", Named("constant", ConstantParams(1.0)))
     seconds_per_sample: float = option(0.0, ge=0.0, le=1e6,
                                        doc="virtual compute seconds per training sample at speed 1 (0 = free)")
     eval_seconds_per_sample: float = option(-1.0, doc="per evaluation sample; -1 = a third of seconds_per_sample")

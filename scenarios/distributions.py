@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.errors import ConfigError
-from fedsim.registry import PluginRegistry
-from fedsim.schema import Named, option
+from fedsim.core.errors import ConfigError
+from fedsim.core.registry import PluginRegistry
+from fedsim.core.schema import Named, option
 
 DISTRIBUTIONS = PluginRegistry("distribution")
 

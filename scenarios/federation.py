@@ -13,10 +13,10 @@ import functools
 import numpy as np
 import torch
 
-from fedsim import seeding
+from fedsim.core import seeding
 from fedsim.config import DataSection
-from scenarios.datasets import Dataset, load_dataset
-from scenarios.partitioners import partition
+from fedsim.scenarios.datasets import Dataset, load_dataset
+from fedsim.scenarios.partitioners import partition
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,9 +145,9 @@ def _shared_set(data: DataSection, y: np.ndarray, num_clients: int, seed: int
 @functools.lru_cache(maxsize=4)
 def federated_data(data: DataSection, seed: int) -> FederatedData:
     """`build`, cached per process (keyed by the frozen data section and seed); a lazy
-    synthetic federation (`scenarios.lazy`) builds clients on demand instead."""
+    synthetic federation (`fedsim.scenarios.lazy`) builds clients on demand instead."""
     if data.dataset.name == "synthetic" and getattr(data.dataset.params, "lazy", False):
-        from scenarios.lazy import LazyFederatedData
+        from fedsim.scenarios.lazy import LazyFederatedData
 
         return LazyFederatedData(data, seed)  # type: ignore[return-value]
     return build(data, seed)

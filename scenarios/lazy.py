@@ -17,10 +17,10 @@ import functools
 import numpy as np
 import torch
 
-from fedsim import seeding
+from fedsim.core import seeding
 from fedsim.config import DataSection
-from fedsim.errors import ConfigError
-from scenarios.datasets.synthetic import SyntheticParams
+from fedsim.core.errors import ConfigError
+from fedsim.scenarios.datasets.synthetic import SyntheticParams
 
 CACHE_DEVICES = 4096
 

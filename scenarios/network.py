@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from fedsim import seeding
-from fedsim.errors import ConfigError
-from fedsim.registry import PluginRegistry
-from fedsim.schema import Named, named, option
-from scenarios.distributions import ConstantParams, sample
+from fedsim.core import seeding
+from fedsim.core.errors import ConfigError
+from fedsim.core.registry import PluginRegistry
+from fedsim.core.schema import Named, named, option
+from fedsim.scenarios.distributions import ConstantParams, sample
 
 LOSS_MODELS = PluginRegistry("loss model")
 
@@ -112,11 +112,11 @@ def gilbert_elliott(p: GilbertElliottParams, rng: np.random.Generator, m: int, s
 
 @dataclasses.dataclass(frozen=True)
 class NetworkSection:
-    down_mbps: Named = named("distribution", "scenarios.distributions:positive", Named("constant", ConstantParams(math.inf)))
-    up_mbps: Named = named("distribution", "scenarios.distributions:positive", Named("constant", ConstantParams(math.inf)))
-    latency_s: Named = named("distribution", "scenarios.distributions:nonnegative", Named("constant", ConstantParams(0.0)))
+    down_mbps: Named = named("distribution", "fedsim.scenarios.distributions:positive", Named("constant", ConstantParams(math.inf)))
+    up_mbps: Named = named("distribution", "fedsim.scenarios.distributions:positive", Named("constant", ConstantParams(math.inf)))
+    latency_s: Named = named("distribution", "fedsim.scenarios.distributions:nonnegative", Named("constant", ConstantParams(0.0)))
     packet_bytes: int = option(1500, ge=16, le=1 << 30)
-    loss: Named = named("loss model", "scenarios.network:resolve_loss", Named("none", NoLossParams()))
+    loss: Named = named("loss model", "fedsim.scenarios.network:resolve_loss", Named("none", NoLossParams()))
     lossy_downlink: bool = option(True, doc="apply the loss model to model downloads too")
     retransmit: bool = option(True, doc="resend lost packets (each round costs a round trip)")
     max_retries: int = option(8, ge=0, le=1000, doc="retransmission rounds before a packet is lost for good")

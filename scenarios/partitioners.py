@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.errors import ConfigError
-from fedsim.registry import PluginRegistry
-from fedsim.schema import option
+from fedsim.core.errors import ConfigError
+from fedsim.core.registry import PluginRegistry
+from fedsim.core.schema import option
 
 Partition = list[np.ndarray]
 PartitionFn = Callable[[np.ndarray, "np.ndarray | None", int, Any, np.random.Generator], Partition]

@@ -1,5 +1,5 @@
 """Aggregation strategies: Flower `Strategy` objects, Flower's built-ins by name, and ours."""
 
-from strategies.registry import STRATEGIES, build_strategy, register_strategy
+from fedsim.strategies.registry import STRATEGIES, build_strategy, register_strategy
 
 __all__ = ["STRATEGIES", "build_strategy", "register_strategy"]

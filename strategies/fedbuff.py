@@ -31,10 +31,10 @@ from flwr.serverapp.strategy import Result, Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore import log
 
-from fedsim import keys
-from fedsim.records import arrays_of, metrics_of
-from strategies.aggregation import buffered_step, staleness_weight
-from strategies.registry import register_strategy
+from fedsim.core import keys
+from fedsim.core.records import arrays_of, metrics_of
+from fedsim.strategies.aggregation import buffered_step, staleness_weight
+from fedsim.strategies.registry import register_strategy
 
 MODEL_VERSION = "model-version"
 

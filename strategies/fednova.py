@@ -3,7 +3,7 @@
 Clients that run more local steps move further; FedAvg then over-weights them and drifts
 towards their objectives. FedNova divides each client's update by its normalizer a_i
 (its local step count for plain SGD; a momentum-corrected count otherwise, see
-`strategies.aggregation.fednova_normalizer`) and rescales the average by the effective
+`fedsim.strategies.aggregation.fednova_normalizer`) and rescales the average by the effective
 step count. It needs each reply's ``steps`` metric (fedsim's ClientApp reports it).
 """
 
@@ -15,9 +15,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedsim import keys
-from strategies.aggregation import fednova
-from strategies.registry import register_strategy
+from fedsim.core import keys
+from fedsim.strategies.aggregation import fednova
+from fedsim.strategies.registry import register_strategy
 
 
 @register_strategy("fednova")

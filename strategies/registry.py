@@ -18,9 +18,9 @@ from typing import Any
 from flwr.serverapp import strategy as flwr_strategy
 from flwr.serverapp.strategy import Strategy
 
-from fedsim.errors import ConfigError
-from fedsim.registry import Registry
-from fedsim.schema import coerce
+from fedsim.core.errors import ConfigError
+from fedsim.core.registry import Registry
+from fedsim.core.schema import coerce
 
 StrategyFactory = Callable[..., Strategy]
 
@@ -47,7 +47,7 @@ def _load_ours() -> None:
         importlib.import_module(module)
 
 
-OURS = ("strategies.fednova", "strategies.fedbuff")
+OURS = ("fedsim.strategies.fednova", "fedsim.strategies.fedbuff")
 
 
 # Ranges for argument names that Flower's strategies share.
@@ -157,7 +157,7 @@ def resolve_strategy_args(name: str, raw: Mapping[str, Any], path: str) -> "Stra
     args = _check_args(resolve_class(name, f"{path}.name"), name, raw, path)
     if wrapper is None:
         return StrategyArgs(types.MappingProxyType(args))
-    from strategies.wrappers import WRAPPERS
+    from fedsim.strategies.wrappers import WRAPPERS
 
     if isinstance(wrapper, str):
         wrapper = {"name": wrapper}
@@ -232,7 +232,7 @@ def build_strategy(name: str, args: "StrategyArgs | Mapping[str, Any]") -> Strat
     if not isinstance(strategy, Strategy):
         raise ConfigError("strategy.name", name, "did not build a flwr.serverapp.strategy.Strategy")
     if isinstance(args, StrategyArgs) and args.wrapper:
-        from strategies.wrappers import WRAPPERS
+        from fedsim.strategies.wrappers import WRAPPERS
 
         try:
             strategy = WRAPPERS.get(args.wrapper, "strategy.wrapper.name")(strategy, **dict(args.wrapper_args))

@@ -5,14 +5,14 @@
 matching ``flwr.serverapp.strategy.DifferentialPrivacy*`` class; the other keys are its
 arguments (checked like a strategy's). The client-side variants need the matching
 client mod; fedsim's ClientApp then runs with ``fixedclipping_mod`` /
-``adaptiveclipping_mod`` (see `clients.app`).
+``adaptiveclipping_mod`` (see `fedsim.clients.app`).
 """
 
 from __future__ import annotations
 
 from flwr.serverapp import strategy as flwr_strategy
 
-from fedsim.registry import Registry
+from fedsim.core.registry import Registry
 
 WRAPPERS: Registry[type] = Registry("strategy wrapper")
 WRAPPERS.add("dp_server_fixed", flwr_strategy.DifferentialPrivacyServerSideFixedClipping)

@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 import fedsim
-from clients import trainer
-from clients.models import LogRegParams, MLPParams, build_model
-from fedsim.errors import ConfigError
-from fedsim.schema import parse
-from scenarios.attacks import ATTACKS, ProbeView
-from scenarios.attacks import metrics as leak
-from scenarios.attacks.common import infer_labels
+from fedsim.clients import trainer
+from fedsim.clients.models import LogRegParams, MLPParams, build_model
+from fedsim.core.errors import ConfigError
+from fedsim.core.schema import parse
+from fedsim.scenarios.attacks import ATTACKS, ProbeView
+from fedsim.scenarios.attacks import metrics as leak
+from fedsim.scenarios.attacks.common import infer_labels
 from tests.conftest import tiny_config
 
 
@@ -94,7 +94,7 @@ def test_idlg_label_rule_on_hand_built_gradients() -> None:
 def test_attacks_never_receive_ground_truth() -> None:
     """The runner hands attacks a ProbeView only; a guard around the truth proves it is
     touched after the attack returns, by the metrics code."""
-    from scenarios.attacks.probe import ProbeRunner, ProbeSection, Truth
+    from fedsim.scenarios.attacks.probe import ProbeRunner, ProbeSection, Truth
 
     x, y = digits()
     events: list[str] = []
@@ -118,7 +118,7 @@ def test_attacks_never_receive_ground_truth() -> None:
 
     runner.attack.run = watched_run  # type: ignore[method-assign]
     view = client_view(mlp, x[:1], y[:1])
-    from scenarios.attacks.probe import _Pending
+    from fedsim.scenarios.attacks.probe import _Pending
 
     runner._pending.append(_Pending(view, None))
     summary = runner.run_round(1)

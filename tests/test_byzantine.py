@@ -8,11 +8,11 @@ from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy import FedAvg
 
 import fedsim
-from fedsim.errors import ConfigError
-from fedsim.executors import AppRef
-from fedsim.executors.serial import SerialExecutor
-from fedsim.grid import SimulationGrid
-from scenarios.byzantine import ByzantineSection, malicious_clients
+from fedsim.core.errors import ConfigError
+from fedsim.engine.executors import AppRef
+from fedsim.engine.executors.serial import SerialExecutor
+from fedsim.engine.grid import SimulationGrid
+from fedsim.scenarios.byzantine import ByzantineSection, malicious_clients
 from tests.conftest import tiny_config
 
 

@@ -16,9 +16,9 @@ import tomli_w
 from safetensors.numpy import load_file
 
 import fedsim
-from fedsim import checkpoint
-from fedsim.errors import ConfigError
-from fedsim.metrics import without_wall
+from fedsim.engine import checkpoint
+from fedsim.core.errors import ConfigError
+from fedsim.engine.metrics import without_wall
 from fedsim.report import read_metrics
 from fedsim.runner import resume
 from tests.conftest import tiny_config, tiny_raw

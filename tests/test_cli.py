@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.metrics import without_wall
+from fedsim.engine.metrics import without_wall
 from fedsim.report import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 import fedsim
-from clients.codecs import CODECS, CodecContext, build_pipeline
-from clients.codecs.base import pack, unpack
-from clients.codecs.quantize import from_bf16, to_bf16
-from clients.codecs.sparsify import density
-from fedsim.errors import ConfigError
-from fedsim.schema import Named, parse
+from fedsim.clients.codecs import CODECS, CodecContext, build_pipeline
+from fedsim.clients.codecs.base import pack, unpack
+from fedsim.clients.codecs.quantize import from_bf16, to_bf16
+from fedsim.clients.codecs.sparsify import density
+from fedsim.core.errors import ConfigError
+from fedsim.core.schema import Named, parse
 from tests.conftest import tiny_config
 
 
@@ -199,7 +199,7 @@ def test_codec_config_errors(chain: list, fragment: str) -> None:
 
 
 def test_framed_payload_is_one_array_of_exactly_the_packed_parts() -> None:
-    from clients.codecs.transport import PAYLOAD, encode_update, frame, unframe
+    from fedsim.clients.codecs.transport import PAYLOAD, encode_update, frame, unframe
 
     p = build_pipeline([codec("qsgd", bits=2, bucket=100)])
     record, marker, _ = encode_update(p, {k: v + 1 for k, v in X.items() if v.dtype.kind == "f"},

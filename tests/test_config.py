@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedsim.config import apply_overrides, from_dict, load_config
-from fedsim.errors import ConfigError
+from fedsim.core.errors import ConfigError
 from tests.conftest import tiny_raw
 
 PRESETS = Path(__file__).resolve().parents[1] / "scenarios" / "presets"

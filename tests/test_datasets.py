@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from fedsim.config import from_dict
-from fedsim.errors import ConfigError
-from scenarios.datasets import load_dataset
-from scenarios.datasets.mnist import ImageRootParams
-from scenarios.federation import build
+from fedsim.core.errors import ConfigError
+from fedsim.scenarios.datasets import load_dataset
+from fedsim.scenarios.datasets.mnist import ImageRootParams
+from fedsim.scenarios.federation import build
 from tests.conftest import tiny_raw
 
 

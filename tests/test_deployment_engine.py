@@ -17,7 +17,7 @@ import pytest
 from flwr.common.config import get_fused_config_from_dir, get_project_config, validate_config
 
 import fedsim
-from clients.runconfig import from_run_config, to_run_config
+from fedsim.clients.runconfig import from_run_config, to_run_config
 from fedsim.config import load_config
 from fedsim.deployment import CONNECTION, RESULT_PREFIX, run_config, simulation_only, write_app
 
@@ -48,7 +48,7 @@ def test_app_carries_the_scenario_as_the_clientapp_sees_it(tmp_path: Path) -> No
     app = tmp_path / "app"
     doc = tomllib.loads(write_app(cfg, app, port=9200).read_text())
     assert doc["tool"]["flwr"]["app"]["components"] == {"serverapp": "fedsim.deployment:server_app",
-                                                        "clientapp": "clients.app:app"}
+                                                        "clientapp": "fedsim.clients.app:app"}
     ok, errors, _ = validate_config(get_project_config(app), check_module=True, project_dir=app)
     assert ok, errors
     # Flower's own parsing (what the ServerApp's and ClientApp's Context.run_config hold).
@@ -76,7 +76,7 @@ def test_dp_client_wrapper_deploys_its_clipping_clientapp(tmp_path: Path) -> Non
     cfg = quickstart('strategy.wrapper={name = "dp_client_fixed", noise_multiplier = 0.0, clipping_norm = 0.01, '
                      'num_sampled_clients = 2}')
     doc = tomllib.loads(write_app(cfg, tmp_path).read_text())
-    assert doc["tool"]["flwr"]["app"]["components"]["clientapp"] == "clients.app:app_fixedclipping"
+    assert doc["tool"]["flwr"]["app"]["components"]["clientapp"] == "fedsim.clients.app:app_fixedclipping"
 
 
 def test_deploy_app_cli(tmp_path: Path) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import fedsim
-from fedsim.errors import ConfigError
-from fedsim.faults import FaultsSection, draw
+from fedsim.core.errors import ConfigError
+from fedsim.scenarios.faults import FaultsSection, draw
 from tests.conftest import tiny_config
 
 REASONS = {

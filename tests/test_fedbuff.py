@@ -7,8 +7,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 import fedsim
-from fedsim.grid import NODE_ID_OFFSET
-from strategies.fedbuff import FedBuff
+from fedsim.engine.grid import NODE_ID_OFFSET
+from fedsim.strategies.fedbuff import FedBuff
 from tests.conftest import tiny_config
 from tests.test_system import system, toy_grid
 
@@ -86,7 +86,7 @@ def test_fedbuff_from_toml_records_staleness_and_virtual_time() -> None:
                                                 ({"concurrency": 0}, "strategy.concurrency = 0: must be >= 1"),
                                                 ({"staleness": "cubic"}, "strategy.staleness = 'cubic'")])
 def test_fedbuff_bad_arguments(args: dict, fragment: str) -> None:
-    from fedsim.errors import ConfigError
+    from fedsim.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
         tiny_config(strategy={"name": "fedbuff", **args})

@@ -13,9 +13,9 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian
 
-from fedsim.executors import AppRef
-from fedsim.executors.serial import SerialExecutor
-from fedsim.grid import NODE_ID_OFFSET, Exchange, SimulationGrid
+from fedsim.engine.executors import AppRef
+from fedsim.engine.executors.serial import SerialExecutor
+from fedsim.engine.grid import NODE_ID_OFFSET, Exchange, SimulationGrid
 
 TOY = AppRef("tests.apps.toy:app")
 

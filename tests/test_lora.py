@@ -12,8 +12,8 @@ from flwr.app import ConfigRecord
 from flwr.supercore.task_identity import TaskIdentity
 
 import fedsim
-from clients import lora
-from fedsim.errors import ConfigError
+from fedsim.clients import lora
+from fedsim.core.errors import ConfigError
 from tests.conftest import tiny_config
 
 BASE = dict(model={"name": "mlp", "hidden": [64]}, client={"local_epochs": 2, "lr": 0.1},
@@ -85,7 +85,7 @@ def test_lora_bases_and_their_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="checkpoint not found"):
         fedsim.run(cfg_with([{"name": "lora", "base": str(tmp_path / "none.safetensors")}]), write=False)
     # A checkpoint of the right model loads (safetensors and a torch state dict) and is the base.
-    from clients.models import init_model
+    from fedsim.clients.models import init_model
     from safetensors.torch import save_file
 
     model = init_model("mlp", fedsim.from_dict({**tiny_config(**BASE).to_dict()}).model.params, (1, 8, 8), 10, 42)

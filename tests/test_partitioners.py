@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedsim.errors import ConfigError
-from scenarios.partitioners import (
+from fedsim.core.errors import ConfigError
+from fedsim.scenarios.partitioners import (
     DirichletParams,
     IidParams,
     NaturalParams,

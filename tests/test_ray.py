@@ -9,11 +9,11 @@ import pytest
 from flwr.serverapp.strategy import FedAvg
 
 import fedsim
-from fedsim.errors import ConfigError
-from fedsim.executors import AppRef
-from fedsim.executors.ray import RayExecutor
-from fedsim.grid import Exchange, SimulationGrid
-from fedsim.metrics import without_wall
+from fedsim.core.errors import ConfigError
+from fedsim.engine.executors import AppRef
+from fedsim.engine.executors.ray import RayExecutor
+from fedsim.engine.grid import Exchange, SimulationGrid
+from fedsim.engine.metrics import without_wall
 from tests.conftest import tiny_config
 from tests.test_grid import initial
 
@@ -166,7 +166,7 @@ def test_attack_probes_run_on_the_actors_with_the_same_results() -> None:
 
 
 def test_resource_tiers_route_clients_to_their_own_actors_with_serial_numbers(monkeypatch) -> None:
-    from fedsim.executors.ray import RayExecutor
+    from fedsim.engine.executors.ray import RayExecutor
 
     seen = []
     original = RayExecutor.shutdown

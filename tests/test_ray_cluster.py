@@ -12,7 +12,7 @@ import pytest
 
 import fedsim
 from fedsim.config import from_dict
-from fedsim.metrics import without_wall
+from fedsim.engine.metrics import without_wall
 from tests.conftest import tiny_raw
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fedsim
-from fedsim.metrics import SYSTEM_COUNTS, WALL_FIELDS, without_wall
+from fedsim.engine.metrics import SYSTEM_COUNTS, WALL_FIELDS, without_wall
 from fedsim.report import read_metrics
 from tests.conftest import tiny_config
 

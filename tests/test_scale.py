@@ -13,9 +13,9 @@ import pytest
 import tomli_w
 
 from fedsim.config import from_dict
-from fedsim.errors import ConfigError
-from scenarios.federation import federated_data
-from scenarios.lazy import CACHE_DEVICES, LazyFederatedData, device_size
+from fedsim.core.errors import ConfigError
+from fedsim.scenarios.federation import federated_data
+from fedsim.scenarios.lazy import CACHE_DEVICES, LazyFederatedData, device_size
 from tests.conftest import tiny_raw
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import fedsim
-from fedsim.errors import ConfigError
-from strategies.aggregation import buffered_step, fednova, fednova_normalizer, staleness_weight, weighted_mean
-from strategies.registry import FLOWER_BUILTINS, STRATEGIES, build_strategy, resolve_strategy_args
+from fedsim.core.errors import ConfigError
+from fedsim.strategies.aggregation import buffered_step, fednova, fednova_normalizer, staleness_weight, weighted_mean
+from fedsim.strategies.registry import FLOWER_BUILTINS, STRATEGIES, build_strategy, resolve_strategy_args
 from tests.conftest import tiny_config
 
 
@@ -94,7 +94,7 @@ def test_fednova_differs_from_fedavg_with_heterogeneous_epochs() -> None:
 
 
 def test_shared_data_mixing_sizes_balance_and_bytes() -> None:
-    from scenarios.federation import build
+    from fedsim.scenarios.federation import build
 
     cfg = tiny_config(data={"num_clients": 10, "partitioner": {"name": "shards", "shards_per_client": 1},
                             "sharing": {"beta": 0.05, "alpha": 0.5}})

@@ -6,7 +6,7 @@ import pytest
 from flwr.serverapp.strategy import FedAvg, FedMedian, Krum
 
 import fedsim
-from fedsim.streaming import reducible
+from fedsim.engine.streaming import reducible
 from tests.conftest import tiny_config
 
 

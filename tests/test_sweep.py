@@ -14,7 +14,7 @@ import pytest
 import tomli_w
 
 import fedsim
-from fedsim.errors import ConfigError
+from fedsim.core.errors import ConfigError
 from fedsim.report import read_metrics
 from fedsim.sweep import MANIFEST, load_sweep, run_sweep
 from tests.conftest import tiny_raw

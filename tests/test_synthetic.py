@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scenarios.datasets.synthetic import SyntheticParams, generate
+from fedsim.scenarios.datasets.synthetic import SyntheticParams, generate
 
 
 def test_shapes_and_paper_sizes() -> None:

@@ -11,16 +11,16 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 import fedsim
-from fedsim.errors import ConfigError
-from fedsim.executors import AppRef
-from fedsim.executors.serial import SerialExecutor
-from fedsim.grid import NODE_ID_OFFSET, Exchange, SimulationGrid
-from fedsim.metrics import SYSTEM_COUNTS, WALL_FIELDS
-from fedsim.policies import RoundSection, select
-from fedsim.schema import parse
-from fedsim.system import SystemModel
-from scenarios.devices import DevicesSection
-from scenarios.network import GilbertElliottParams, LinkModel, NetworkSection
+from fedsim.core.errors import ConfigError
+from fedsim.engine.executors import AppRef
+from fedsim.engine.executors.serial import SerialExecutor
+from fedsim.engine.grid import NODE_ID_OFFSET, Exchange, SimulationGrid
+from fedsim.engine.metrics import SYSTEM_COUNTS, WALL_FIELDS
+from fedsim.engine.policies import RoundSection, select
+from fedsim.core.schema import parse
+from fedsim.engine.system import SystemModel
+from fedsim.scenarios.devices import DevicesSection
+from fedsim.scenarios.network import GilbertElliottParams, LinkModel, NetworkSection
 from tests.conftest import tiny_config
 from tests.test_grid import initial
 
@@ -121,7 +121,7 @@ def test_partial_work_tells_clients_their_budget() -> None:
 
 
 def test_steps_within_budget() -> None:
-    from clients.app import steps_within_budget
+    from fedsim.clients.app import steps_within_budget
 
     assert steps_within_budget(ConfigRecord({}), 10) == 0  # no budget: no limit
     assert steps_within_budget(ConfigRecord({"time-budget": 1.0, "seconds-per-sample": 0.01}), 10) == 10
@@ -181,9 +181,9 @@ def test_speed_trace_and_distributions(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"devices.speed.path = .*speeds.csv': the trace holds -2; this quantity must be > 0"):
         parse(DevicesSection, {"speed": {"name": "trace", "path": str(trace), "column": "speed"}}, "devices")
     rng = np.random.default_rng(0)
-    from scenarios.distributions import sample
-    from fedsim.schema import Named
-    from scenarios.distributions import LogNormalParams, ParetoParams, TiersParams
+    from fedsim.scenarios.distributions import sample
+    from fedsim.core.schema import Named
+    from fedsim.scenarios.distributions import LogNormalParams, ParetoParams, TiersParams
 
     assert abs(np.median(sample(Named("lognormal", LogNormalParams(mu=1.0, sigma=0.5)), rng, 20000)) - math.e) < 0.1
     par = sample(Named("pareto", ParetoParams(shape=3.0, scale=2.0)), rng, 20000)

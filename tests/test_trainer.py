@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from clients import trainer
-from clients.models import MODELS, CNNParams, LogRegParams, MLPParams, build_model, init_model
-from fedsim import seeding
-from fedsim.errors import ConfigError
+from fedsim.clients import trainer
+from fedsim.clients.models import MODELS, CNNParams, LogRegParams, MLPParams, build_model, init_model
+from fedsim.core import seeding
+from fedsim.core.errors import ConfigError
 
 
 def toy_data(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:

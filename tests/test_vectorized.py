@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import fedsim
-from clients.trainer import TrainSettings, train
-from clients.vectorized import Job, train_many, unsupported
+from fedsim.clients.trainer import TrainSettings, train
+from fedsim.clients.vectorized import Job, train_many, unsupported
 from tests.conftest import tiny_config
 
 
@@ -36,7 +36,7 @@ SIZES = [10, 13, 5, 9, 7, 0]
 
 
 def test_batch_plan_is_the_serial_order() -> None:
-    from clients.vectorized import _plan
+    from fedsim.clients.vectorized import _plan
 
     positions, valid, perms = _plan(10, TrainSettings(epochs=2, batch_size=4))
     assert perms == 2 and valid.sum(dim=1).tolist() == [4, 4, 2, 4, 4, 2]
@@ -51,7 +51,7 @@ def test_batch_plan_is_the_serial_order() -> None:
 
 @pytest.mark.parametrize("make", [mlp, tanh_net], ids=["dense-kernel", "vmap"])
 def test_many_clients_equal_one_by_one(make) -> None:
-    from clients.vectorized import dense_layers
+    from fedsim.clients.vectorized import dense_layers
 
     model = make()
     assert (dense_layers(model) is not None) == (make is mlp)
@@ -105,7 +105,7 @@ def test_run_matches_serial_and_is_batched() -> None:
 
 
 def test_batched_calls_are_counted(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fedsim.executors.vectorized import VectorizedExecutor
+    from fedsim.engine.executors.vectorized import VectorizedExecutor
 
     seen = []
     original = VectorizedExecutor.shutdown
@@ -130,8 +130,8 @@ def test_codec_falls_back_to_per_client_and_says_so_once(caplog: pytest.LogCaptu
 
 
 def test_device_choice_is_validated_and_auto_is_cpu_here() -> None:
-    from clients.device import resolve
-    from fedsim.errors import ConfigError
+    from fedsim.clients.device import resolve
+    from fedsim.core.errors import ConfigError
 
     if not torch.cuda.is_available():
         assert resolve("auto").type == "cpu"
@@ -157,7 +157,7 @@ def test_fast_array_bytes_equal_flowers() -> None:
     import numpy as np
     from flwr.app import Array
 
-    from fedsim.payload import array_view, fast_array
+    from fedsim.core.arrays import array_view, fast_array
 
     for a in (np.arange(6, dtype=np.float32).reshape(2, 3), np.zeros(0), np.array(3.5), np.ones(5, dtype=">f4")):
         assert fast_array(a).data == Array(a).data

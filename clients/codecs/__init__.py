@@ -1,7 +1,7 @@
 """Update codecs (quantizers, sparsifiers with error feedback), chainable. See `base`."""
 
-from clients.codecs import quantize, sparsify  # noqa: F401  (registration)
-from clients.codecs.base import (
+from fedsim.clients.codecs import quantize, sparsify  # noqa: F401  (registration)
+from fedsim.clients.codecs.base import (
     CODECS,
     MARKER,
     Codec,
@@ -16,4 +16,4 @@ from clients.codecs.base import (
 __all__ = ["CODECS", "MARKER", "Codec", "CodecContext", "Pipeline", "build_pipeline", "check_chain",
            "register_codec", "resolve_codec"]
 
-from clients import lora  # noqa: E402,F401  (registers "lora"; peft is imported only when used)
+from fedsim.clients import lora  # noqa: E402,F401  (registers "lora"; peft is imported only when used)

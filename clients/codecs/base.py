@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from fedsim import seeding
-from fedsim.errors import ConfigError
-from fedsim.registry import PluginRegistry
-from fedsim.schema import Named
+from fedsim.core import seeding
+from fedsim.core.errors import ConfigError
+from fedsim.core.registry import PluginRegistry
+from fedsim.core.schema import Named
 
 Arrays = dict[str, np.ndarray]
 
@@ -37,7 +37,7 @@ def register_codec(name: str, params: type) -> Callable[[type], type]:
 
 
 def resolve_codec(name: str, raw: Mapping[str, Any], path: str) -> Any:
-    import clients.codecs  # noqa: F401  (registers every codec, "lora" included)
+    import fedsim.clients.codecs  # noqa: F401  (registers every codec, "lora" included)
 
     return CODECS.resolve_params(name, raw, path)
 

@@ -10,8 +10,8 @@ import dataclasses
 
 import numpy as np
 
-from clients.codecs.base import Arrays, Codec, CodecContext, is_float, pack, register_codec, unpack
-from fedsim.schema import option
+from fedsim.clients.codecs.base import Arrays, Codec, CodecContext, is_float, pack, register_codec, unpack
+from fedsim.core.schema import option
 
 
 @dataclasses.dataclass(frozen=True)

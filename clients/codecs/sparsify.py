@@ -22,8 +22,8 @@ import math
 
 import numpy as np
 
-from clients.codecs.base import Arrays, Codec, CodecContext, is_float, register_codec
-from fedsim.schema import option
+from fedsim.clients.codecs.base import Arrays, Codec, CodecContext, is_float, register_codec
+from fedsim.core.schema import option
 
 
 @dataclasses.dataclass(frozen=True)

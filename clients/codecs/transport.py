@@ -20,8 +20,8 @@ import time
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
-from clients.codecs.base import MARKER, CodecContext, Pipeline
-from fedsim.records import arrays_of, configs_of
+from fedsim.clients.codecs.base import MARKER, CodecContext, Pipeline
+from fedsim.core.records import arrays_of, configs_of
 
 STATE = "fedsim-codec-state"
 

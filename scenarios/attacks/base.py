@@ -3,7 +3,7 @@
 An attack sees only a `ProbeView`: what an honest-but-curious server has — the global
 arrays it sent, the (decoded) reply it received, the public training configuration (lr,
 local steps, batch size, momentum) and the model architecture. Ground truth never enters
-a view; only the metrics code (`scenarios.attacks.metrics`) gets it, after the attack.
+a view; only the metrics code (`fedsim.scenarios.attacks.metrics`) gets it, after the attack.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedsim.registry import PluginRegistry
+from fedsim.core.registry import PluginRegistry
 
 ATTACKS = PluginRegistry("attack")
 
@@ -26,7 +26,7 @@ def register_attack(name: str, params: type) -> Callable[[type], type]:
 
 
 def resolve_attack(name: str, raw: Mapping[str, Any], path: str) -> Any:
-    import scenarios.attacks  # noqa: F401  (registers the attacks)
+    import fedsim.scenarios.attacks  # noqa: F401  (registers the attacks)
 
     return ATTACKS.resolve_params(name, raw, path)
 

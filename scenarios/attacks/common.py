@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from scenarios.attacks.base import ProbeView
+from fedsim.scenarios.attacks.base import ProbeView
 
 
 def trainable(view: ProbeView) -> list[str]:

@@ -13,10 +13,10 @@ import dataclasses
 
 import torch
 
-from fedsim.errors import ConfigError
-from fedsim.schema import option
-from scenarios.attacks.base import Attack, ProbeView, Reconstruction, register_attack
-from scenarios.attacks.common import (
+from fedsim.core.errors import ConfigError
+from fedsim.core.schema import option
+from fedsim.scenarios.attacks.base import Attack, ProbeView, Reconstruction, register_attack
+from fedsim.scenarios.attacks.common import (
     cosine_distance,
     gradients,
     infer_labels,

@@ -21,16 +21,16 @@ import numpy as np
 import torch
 from flwr.app import Message
 
-from fedsim import keys, seeding
-from fedsim.errors import ConfigError
-from fedsim.schema import Named, named, option
-from scenarios.attacks import metrics as leak
-from scenarios.attacks.base import ATTACKS, ProbeView
+from fedsim.core import keys, seeding
+from fedsim.core.errors import ConfigError
+from fedsim.core.schema import Named, named, option
+from fedsim.scenarios.attacks import metrics as leak
+from fedsim.scenarios.attacks.base import ATTACKS, ProbeView
 
 
 @dataclasses.dataclass(frozen=True)
 class ProbeSection:
-    attack: Named | None = named("attack", "scenarios.attacks:resolve_attack", None)
+    attack: Named | None = named("attack", "fedsim.scenarios.attacks:resolve_attack", None)
     rounds: tuple[int, ...] = option((), ge=0, doc="rounds to probe; with every = 0 and no rounds: every round")
     every: int = option(0, ge=0, le=1_000_000, doc="probe every k-th round")
     clients: int = option(1, ge=1, le=1_000_000, doc="at most this many clients per probed round (in send order)")

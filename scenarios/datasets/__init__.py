@@ -1,7 +1,7 @@
 """Dataset registry. Importing this package registers the built-in datasets."""
 
-from scenarios.datasets import cifar10, digits, femnist, mnist, synthetic  # noqa: F401  (registration)
-from scenarios.datasets.base import (
+from fedsim.scenarios.datasets import cifar10, digits, femnist, mnist, synthetic  # noqa: F401  (registration)
+from fedsim.scenarios.datasets.base import (
     DATASETS,
     Dataset,
     load_dataset,

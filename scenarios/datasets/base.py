@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.registry import NoParams, PluginRegistry
+from fedsim.core.registry import NoParams, PluginRegistry
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.errors import ConfigError
-from scenarios.datasets.base import Dataset, register_dataset
-from scenarios.datasets.mnist import ImageRootParams, find_files
+from fedsim.core.errors import ConfigError
+from fedsim.scenarios.datasets.base import Dataset, register_dataset
+from fedsim.scenarios.datasets.mnist import ImageRootParams, find_files
 
 FILES = {f"data_batch_{i}": f"data_batch_{i}" for i in range(1, 6)} | {"test_batch": "test_batch"}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scenarios.datasets.base import Dataset, NoParams, register_dataset
+from fedsim.scenarios.datasets.base import Dataset, NoParams, register_dataset
 
 
 @register_dataset("digits")

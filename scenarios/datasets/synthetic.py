@@ -15,10 +15,10 @@ import dataclasses
 
 import numpy as np
 
-from fedsim import seeding
-from fedsim.errors import ConfigError
-from fedsim.schema import option
-from scenarios.datasets.base import Dataset, register_dataset
+from fedsim.core import seeding
+from fedsim.core.errors import ConfigError
+from fedsim.core.schema import option
+from fedsim.scenarios.datasets.base import Dataset, register_dataset
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ from ray.cluster_utils import Cluster
 
 import fedsim
 from fedsim.config import from_dict
-from fedsim.executors.ray import RayExecutor
+from fedsim.engine.executors.ray import RayExecutor
 
 
 def main() -> None:

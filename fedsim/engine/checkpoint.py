@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, RecordDict
 
-from fedsim.errors import ConfigError
+from fedsim.core.errors import ConfigError
 
 FILE = "checkpoint.safetensors"
 FORMAT = 1

@@ -23,9 +23,9 @@ import ray
 from flwr.app import Message, RecordDict
 from flwr.common.constant import ErrorCode
 
-from fedsim.errors import ConfigError
-from fedsim.keys import PARTITION_ID
-from fedsim.executors.base import AppRef, Task, TaskResult, copy_content, error_reply, execute
+from fedsim.core.errors import ConfigError
+from fedsim.core.keys import PARTITION_ID
+from fedsim.engine.executors.base import AppRef, Task, TaskResult, copy_content, error_reply, execute
 
 _IN_FLIGHT_PER_ACTOR = 2
 _READY_TIMEOUT_S = 120.0

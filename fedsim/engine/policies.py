@@ -20,8 +20,8 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
-from fedsim.errors import ConfigError
-from fedsim.schema import option
+from fedsim.core.errors import ConfigError
+from fedsim.core.schema import option
 
 POLICIES = ("wait_all", "deadline", "partial_work", "over_select")
 

@@ -14,14 +14,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
-from fedsim.errors import ConfigError
+from fedsim.core.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
 class AppRef:
     """Where a ClientApp lives: ``module:attribute`` plus folders to put on ``sys.path``."""
 
-    target: str = "clients.app:app"
+    target: str = "fedsim.clients.app:app"
     paths: tuple[str, ...] = ()
     faults: Any = None  # a fedsim.faults.FaultsSection: the app is wrapped to misbehave as drawn
     seed: int = 0
@@ -34,11 +34,11 @@ class AppRef:
                 sys.path.insert(0, p)
         app = load_object(self.target, ClientApp, "client.app")
         if self.byzantine is not None and self.malicious:
-            from scenarios.byzantine import ByzantineApp
+            from fedsim.scenarios.byzantine import ByzantineApp
 
             app = ByzantineApp(app, self.byzantine, self.malicious, self.seed)
         if self.faults is not None and self.faults.enabled:
-            from fedsim.faults import FaultyApp
+            from fedsim.scenarios.faults import FaultyApp
 
             return FaultyApp(app, self.faults, self.seed)
         return app
@@ -147,15 +147,15 @@ def execute(app: ClientApp, task: Task, run_id: int, run_config: Mapping[str, An
 
 def make_executor(name: str, **kwargs: Any) -> Executor:
     if name == "serial":
-        from fedsim.executors.serial import SerialExecutor
+        from fedsim.engine.executors.serial import SerialExecutor
 
         return SerialExecutor(threads=kwargs.get("threads", 1))
     if name == "ray":
-        from fedsim.executors.ray import RayExecutor
+        from fedsim.engine.executors.ray import RayExecutor
 
         return RayExecutor(**kwargs)
     if name == "vectorized":
-        from fedsim.executors.vectorized import VectorizedExecutor
+        from fedsim.engine.executors.vectorized import VectorizedExecutor
 
         return VectorizedExecutor(threads=kwargs.get("threads", 1), chunk=kwargs.get("chunk", 1024))
     raise ConfigError("executor.name", name, "unknown executor; known: ray, serial, vectorized")

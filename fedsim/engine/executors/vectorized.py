@@ -1,7 +1,7 @@
 """The vectorized executor: fedsim's own clients' training, many clients in one computation.
 
 Training messages for fedsim's ClientApp are grouped (up to ``chunk`` clients) and
-trained together by `clients.vectorized.train_many`; the replies are the ones the
+trained together by `fedsim.clients.vectorized.train_many`; the replies are the ones the
 ClientApp would have sent (same weights up to floating-point summation order, same
 metrics keys). Everything else — evaluation, other ClientApps, codecs, local DP, LoRA,
 models with dropout or batch norm, quantized gradients — runs client by client exactly
@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
-from fedsim import keys, seeding
-from fedsim.executors.base import AppRef, Task, TaskResult, copy_content, execute, with_content
-from fedsim.executors.serial import SerialExecutor
-from fedsim.payload import array_view, fast_array
+from fedsim.core import keys, seeding
+from fedsim.engine.executors.base import AppRef, Task, TaskResult, copy_content, execute, with_content
+from fedsim.engine.executors.serial import SerialExecutor
+from fedsim.core.arrays import array_view, fast_array
 
 log = logging.getLogger("fedsim")
-FEDSIM_APP = "clients.app:app"
+FEDSIM_APP = "fedsim.clients.app:app"
 
 
 class VectorizedExecutor(SerialExecutor):
@@ -52,8 +52,8 @@ class VectorizedExecutor(SerialExecutor):
             return "fault injection is on"
         if app.malicious:
             return "Byzantine clients rewrite their updates"
-        from clients import app as fedsim_app
-        from clients.vectorized import unsupported
+        from fedsim.clients import app as fedsim_app
+        from fedsim.clients.vectorized import unsupported
 
         rt = fedsim_app.runtime_for(self._run_config)
         cfg = rt.config
@@ -113,7 +113,7 @@ class VectorizedExecutor(SerialExecutor):
         msg = task.message
         if msg.metadata.message_type != "train":
             return "not a training message"
-        from clients import app as fedsim_app
+        from fedsim.clients import app as fedsim_app
 
         try:
             _, arrays, _, _ = fedsim_app._records(msg)
@@ -128,8 +128,8 @@ class VectorizedExecutor(SerialExecutor):
         return None
 
     def _train_batched(self, tasks: list[Task]) -> list[TaskResult]:
-        from clients import app as fedsim_app
-        from clients.vectorized import Job, train_many
+        from fedsim.clients import app as fedsim_app
+        from fedsim.clients.vectorized import Job, train_many
 
         rt = fedsim_app.runtime_for(self._run_config)
         seed = rt.config.run.seed

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 
-from fedsim import keys, seeding
-from fedsim.errors import ConfigError
-from fedsim.schema import option
-from fedsim.records import configs_of
+from fedsim.core import keys, seeding
+from fedsim.core.errors import ConfigError
+from fedsim.core.schema import option
+from fedsim.core.records import configs_of
 
 KINDS = ("raise", "nan", "shape", "empty", "hog")
 

@@ -16,13 +16,13 @@ import numpy as np
 from flwr.app import Message, RecordDict
 from flwr.common.constant import ErrorCode
 
-from fedsim import keys, seeding
-from fedsim.executors.base import error_reply
-from fedsim.payload import fill_missing, flip_bits, implausible, missing_values
-from fedsim.policies import RoundSection
-from scenarios.devices import DeviceModel, DevicesSection
-from scenarios.network import LinkModel, NetworkSection, Transfer
-from fedsim.records import array_bytes, metrics_of
+from fedsim.core import keys, seeding
+from fedsim.engine.executors.base import error_reply
+from fedsim.engine.payload import fill_missing, flip_bits, implausible, missing_values
+from fedsim.engine.policies import RoundSection
+from fedsim.scenarios.devices import DeviceModel, DevicesSection
+from fedsim.scenarios.network import LinkModel, NetworkSection, Transfer
+from fedsim.core.records import array_bytes, metrics_of
 
 # Outcome statuses
 OK = "ok"

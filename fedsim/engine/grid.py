@@ -25,15 +25,16 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from clients.codecs import CodecContext, Pipeline
-from clients.codecs.transport import decode_reply, is_encoded, reference_arrays
-from fedsim import keys, seeding
-from fedsim.clock import VirtualClock
-from fedsim.executors.base import Executor, Task, TaskResult, error_reply
-from fedsim.payload import array_view, implausible
-from fedsim.policies import select
-from fedsim.system import DROPOUT, MODEL_LOST, OK, REPLY_LOST, UNAVAILABLE, Dispatch, SystemModel, overcommit_nodes
-from fedsim.records import array_bytes, arrays_of, configs_of, metrics_of
+from fedsim.clients.codecs import CodecContext, Pipeline
+from fedsim.clients.codecs.transport import decode_reply, is_encoded, reference_arrays
+from fedsim.core import keys, seeding
+from fedsim.engine.clock import VirtualClock
+from fedsim.engine.executors.base import Executor, Task, TaskResult, error_reply
+from fedsim.core.arrays import array_view
+from fedsim.engine.payload import implausible
+from fedsim.engine.policies import select
+from fedsim.engine.system import DROPOUT, MODEL_LOST, OK, REPLY_LOST, UNAVAILABLE, Dispatch, SystemModel, overcommit_nodes
+from fedsim.core.records import array_bytes, arrays_of, configs_of, metrics_of
 
 #: Node ids are ``NODE_ID_OFFSET + partition id``.
 NODE_ID_OFFSET = 1_000_000
@@ -353,7 +354,7 @@ class SimulationGrid(Grid):
         self._emit(phase, rnd, items, sim, kept_slots=sel.kept, sampled=n_asked, start=start, waited=sel.wait,
                    late=len(sel.late), extra=extra)
         if self.reduce_by is not None and phase.startswith("train") and len(kept) > 1:
-            from fedsim.streaming import reduce_replies
+            from fedsim.engine.streaming import reduce_replies
 
             reduced = reduce_replies([r for _, r in kept], self.reduce_by, dict(items))
             kept = [(r.metadata.reply_to_message_id, r) for r in reduced]

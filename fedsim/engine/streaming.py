@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
-from fedsim.payload import array_view
-from fedsim.records import arrays_of, metrics_of
+from fedsim.core.arrays import array_view
+from fedsim.core.records import arrays_of, metrics_of
 
 REDUCIBLE = ("FedAvg", "FedProx", "FedAvgM", "FedAdam", "FedYogi", "FedAdagrad")
 

@@ -14,7 +14,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar, get_args, get_origin
 
-from fedsim.errors import MISSING, ConfigError
+from fedsim.core.errors import MISSING, ConfigError
 
 T = TypeVar("T")
 

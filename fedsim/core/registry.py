@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
-from fedsim.errors import ConfigError
+from fedsim.core.errors import ConfigError
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -74,6 +74,6 @@ class PluginRegistry(Registry[Plugin]):
 
     def resolve_params(self, name: str, raw: Mapping[str, Any], path: str) -> Any:
         """Validate ``raw`` against the parameters of plugin ``name`` (``path`` names the table)."""
-        from fedsim.schema import parse
+        from fedsim.core.schema import parse
 
         return parse(self.get(name, f"{path}.name").params, raw, path)
