@@ -49,7 +49,7 @@ def accuracy_at(history: list[dict], budget: float) -> tuple[float | None, int]:
 
 def straggler_deadline(cfg: Config) -> float:
     """A deadline every fast (speed 1) device meets: its full local work plus transfers, +20 %."""
-    data = federated_data(cfg.data, cfg.run.seed)
+    data = federated_data(cfg.data, cfg.data_seed)
     sizes = np.array([len(i) for i in data.train_idx])
     epochs, spp = cfg.client.local_epochs, cfg.devices.seconds_per_sample
     jitter = math.exp(3 * cfg.devices.jitter)  # a 3-sigma slow round

@@ -131,13 +131,13 @@ def variant_flower(name: str) -> dict:
 
     from fedsim.clients import app as fedsim_app
     from fedsim.clients.models import init_model
-    from fedsim.clients.runconfig import to_run_config
+    from fedsim.clients.spec import to_run_config
     from fedsim.clients.trainer import evaluate
     from fedsim.scenarios.federation import federated_data
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     cfg = workload(name)
-    run_config = to_run_config(cfg)
+    run_config = to_run_config(cfg.client_spec())
     client = ClientApp()
 
     def with_config(ctx: Context) -> Context:

@@ -2,8 +2,9 @@
 
 It is a plain ``flwr.clientapp.ClientApp``. Everything it needs comes from Flower's
 ``Context``: ``node_config["partition-id"]`` picks the partition and ``run_config``
-carries the scenario (see `fedsim.clients.runconfig`). Data and the model object are built
-once per process and reused across virtual clients and rounds. The strategy's train
+carries the client contract (`fedsim.clients.spec.ClientSpec`: seeds, data, model, client
+settings, codecs, plug-ins; never the server's sections). Data and the model object are
+built once per process and reused across virtual clients and rounds. The strategy's train
 ``ConfigRecord`` may override ``lr``, ``local-epochs``, ``local-steps``,
 ``batch-size`` and carry ``proximal-mu`` (FedProx).
 """
@@ -28,12 +29,11 @@ from fedsim.clients.device import resolve as resolve_device
 from fedsim.clients.codecs import MARKER, CodecContext, Pipeline, build_pipeline
 from fedsim.clients.codecs.transport import encode_update, load_state, save_state
 from fedsim.clients.models import build_model
-from fedsim.clients.runconfig import from_run_config
+from fedsim.clients.settings import ClientSection
+from fedsim.clients.spec import ClientSpec, from_run_config
 from fedsim.core import keys, seeding
-from fedsim.config import Config
-from fedsim.scenarios.byzantine import LABEL_FLIP
-from fedsim.scenarios.federation import FederatedData, federated_data
 from fedsim.core.records import arrays_of, configs_of, metrics_of
+from fedsim.scenarios.federation import FederatedData, federated_data
 
 app = ClientApp()
 # The same ClientApp behind Flower's client-side DP clipping mods (for the dp_client_* wrappers).
@@ -43,8 +43,10 @@ _APPS = (app, app_fixedclipping, app_adaptiveclipping)
 
 
 @dataclasses.dataclass
-class _Runtime:
-    config: Config
+class Runtime:
+    """What a process keeps for a run: its spec, data, model and codec chain."""
+
+    spec: ClientSpec
     data: FederatedData
     model: nn.Module
     codec: Pipeline
@@ -53,29 +55,29 @@ class _Runtime:
 
 
 @functools.lru_cache(maxsize=4)
-def _runtime_cached(items: tuple[tuple[str, str], ...]) -> _Runtime:
-    cfg = from_run_config(dict(items))
-    data = federated_data(cfg.data, cfg.run.seed)
-    spec = lora.lora_params(cfg.codec)
-    if spec is not None:  # LoRA-only: the frozen base, the same in every process, with adapters
-        model = lora.wrap(lora.build_base(cfg, data, spec), spec, cfg.run.seed)
+def _runtime_cached(items: tuple[tuple[str, str], ...]) -> Runtime:
+    spec = from_run_config(dict(items))
+    data = federated_data(spec.data, spec.data_seed)
+    adapters = lora.lora_params(spec.codec)
+    if adapters is not None:  # LoRA-only: the frozen base, the same in every process, with adapters
+        model = lora.wrap(lora.build_base(spec, data, adapters), adapters, spec.seed)
     else:
-        model = build_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes)
-    device = resolve_device(cfg.client.device)
-    return _Runtime(config=cfg, data=data, model=model.to(device), codec=build_pipeline(cfg.codec),
-                    lora=spec is not None, device=device)
+        model = build_model(spec.model.name, spec.model.params, data.input_shape, data.num_classes)
+    device = resolve_device(spec.client.device)
+    return Runtime(spec=spec, data=data, model=model.to(device), codec=build_pipeline(spec.codec),
+                   lora=adapters is not None, device=device)
 
 
-def runtime(context: Context) -> _Runtime:
+def runtime(context: Context) -> Runtime:
     return runtime_for(context.run_config)
 
 
-def runtime_for(run_config: Mapping[str, Any]) -> _Runtime:
-    """The process-wide runtime (config, data, model) of a run, built once."""
+def runtime_for(run_config: Mapping[str, Any]) -> Runtime:
+    """The process-wide runtime (spec, data, model) of a run, built once."""
     return _runtime_cached(tuple(sorted((k, str(v)) for k, v in run_config.items())))
 
 
-def _records(msg: Message) -> tuple[str, ArrayRecord, str, ConfigRecord]:
+def records(msg: Message) -> tuple[str, ArrayRecord, str, ConfigRecord]:
     content = msg.content
     arrays = list(arrays_of(content))
     if not arrays:
@@ -86,7 +88,8 @@ def _records(msg: Message) -> tuple[str, ArrayRecord, str, ConfigRecord]:
     return akey, arec, ckey, crec
 
 
-def _round(msg: Message, config: ConfigRecord) -> int:
+def round_of(msg: Message, config: Mapping[str, Any]) -> int:
+    """The server round of a message (its config's ``server-round``, else its group id)."""
     value = config.get(keys.SERVER_ROUND)
     if isinstance(value, int):
         return value
@@ -94,8 +97,9 @@ def _round(msg: Message, config: ConfigRecord) -> int:
     return int(group) if group.isdigit() else 0
 
 
-def _settings(cfg: Config, config: ConfigRecord) -> trainer.TrainSettings:
-    c = cfg.client
+def train_settings(c: ClientSection, config: Mapping[str, Any]) -> trainer.TrainSettings:
+    """The client's local training for this message: its settings, overridden by the
+    strategy's train config (lr, epochs, steps, batch size, proximal mu, time budget)."""
     batch_size = int(config.get(keys.BATCH_SIZE, c.batch_size))
     return trainer.TrainSettings(
         epochs=int(config.get(keys.LOCAL_EPOCHS, c.local_epochs)),
@@ -111,7 +115,7 @@ def _settings(cfg: Config, config: ConfigRecord) -> trainer.TrainSettings:
     )
 
 
-def steps_within_budget(config: ConfigRecord, batch_size: int) -> int:
+def steps_within_budget(config: Mapping[str, Any], batch_size: int) -> int:
     """Partial work: the SGD steps that fit the time budget the grid gave (0 = no limit).
 
     At least one step is taken; a client that cannot fit even one is late, and the
@@ -123,14 +127,14 @@ def steps_within_budget(config: ConfigRecord, batch_size: int) -> int:
     return max(1, int(budget / spp) // batch_size)
 
 
-def _load(rt: "_Runtime", arrays: ArrayRecord) -> None:
+def _load(rt: Runtime, arrays: ArrayRecord) -> None:
     if rt.lora:
         lora.load_trainable(rt.model, arrays)
     else:
         rt.model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
 
 
-def _state(rt: "_Runtime") -> dict[str, torch.Tensor]:
+def _state(rt: Runtime) -> dict[str, torch.Tensor]:
     """What goes back (on the CPU): the whole model, or the trainable adapters in LoRA mode."""
     state = lora.trainable_state(rt.model) if rt.lora else rt.model.state_dict()
     return {k: v.detach().cpu() for k, v in state.items()}
@@ -140,18 +144,18 @@ def _train_weights(msg: Message, context: Context) -> Message:
     """Local training; the reply carries the new weights (adapters in LoRA mode)."""
     rt = runtime(context)
     cid = int(context.node_config[keys.PARTITION_ID])
-    akey, arrays, _, config = _records(msg)
-    rnd = _round(msg, config)
-    seed = rt.config.run.seed
+    akey, arrays, _, config = records(msg)
+    rnd = round_of(msg, config)
+    seed = rt.spec.seed
     _load(rt, arrays)
     x, y = rt.data.client_train(cid)
     x, y = x.to(rt.device), y.to(rt.device)
-    if config.get(LABEL_FLIP):  # a Byzantine label-flipping client (scenarios.byzantine)
+    if config.get(keys.LABEL_FLIP):  # a Byzantine label-flipping client (fedsim.scenarios.byzantine)
         y = rt.data.num_classes - 1 - y
     torch.manual_seed(seeding.int_seed(seed, rnd, cid, "torch"))  # dropout & co. in user models
     np.random.seed(seeding.int_seed(seed, rnd, cid, "numpy") % 2**32)  # e.g. Flower's LocalDpMod noise
     start = time.perf_counter()
-    outcome = trainer.train(rt.model, x, y, _settings(rt.config, config),
+    outcome = trainer.train(rt.model, x, y, train_settings(rt.spec.client, config),
                             seeding.torch_generator(seed, rnd, cid, "batches"))
     metrics = MetricRecord({
         keys.NUM_EXAMPLES: len(x),
@@ -167,17 +171,17 @@ def train(msg: Message, context: Context) -> Message:
     """Train, then (optionally) Flower's LocalDpMod clips and noises the update, and the
     codec chain encodes it."""
     rt = runtime(context)
-    dp = rt.config.client.local_dp
+    dp = rt.spec.client.local_dp
     if dp.enabled:
         reply = LocalDpMod(dp.clipping_norm, dp.sensitivity, dp.epsilon, dp.delta)(msg, context, _train_weights)
     else:
         reply = _train_weights(msg, context)
     if not rt.codec or reply.has_error():
         return reply
-    akey, arrays, _, config = _records(msg)
+    akey, arrays, _, config = records(msg)
     new_key, new_arrays = next(iter(arrays_of(reply.content)))
     state = load_state(context.state)
-    ctx = CodecContext(rt.config.run.seed, _round(msg, config), int(context.node_config[keys.PARTITION_ID]), state)
+    ctx = CodecContext(rt.spec.seed, round_of(msg, config), int(context.node_config[keys.PARTITION_ID]), state)
     record, marker, seconds = encode_update(rt.codec, {k: a.numpy() for k, a in new_arrays.items()},
                                             {k: a.numpy() for k, a in arrays.items()}, ctx)
     save_state(context.state, state)
@@ -189,7 +193,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     rt = runtime(context)
     cid = int(context.node_config[keys.PARTITION_ID])
-    _, arrays, _, _ = _records(msg)
+    _, arrays, _, _ = records(msg)
     _load(rt, arrays)
     x, y = rt.data.client_test(cid)
     loss, acc = trainer.evaluate(rt.model, x.to(rt.device), y.to(rt.device))

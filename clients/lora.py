@@ -61,21 +61,21 @@ def lora_params(chain: Sequence[Any]) -> LoraParams | None:
 FIELD = "codec[0]"
 
 
-def build_base(cfg: Any, data: Any, params: LoraParams) -> nn.Module:
-    """The frozen base model, identical in every process."""
+def build_base(spec: Any, data: Any, params: LoraParams) -> nn.Module:
+    """The frozen base model, identical in every process (``spec``: a ClientSpec)."""
     from fedsim.clients import trainer
     from fedsim.clients.models import init_model
 
-    seed = cfg.run.seed
-    model = init_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes, seed)
+    seed = spec.seed
+    model = init_model(spec.model.name, spec.model.params, data.input_shape, data.num_classes, seed)
     if params.base == "init":
         return model
     if params.base == "warmup":
-        if not cfg.data.sharing.enabled:
+        if not spec.data.sharing.enabled:
             raise ConfigError(f"{FIELD}.base", "warmup", "needs [data.sharing] (the server's shared set G)")
         x, y = data.shared()
-        settings = trainer.TrainSettings(epochs=params.base_epochs, batch_size=cfg.client.batch_size,
-                                         lr=cfg.client.lr, momentum=cfg.client.momentum)
+        settings = trainer.TrainSettings(epochs=params.base_epochs, batch_size=spec.client.batch_size,
+                                         lr=spec.client.lr, momentum=spec.client.momentum)
         with torch.random.fork_rng(devices=[]):
             trainer.train(model, x, y, settings, seeding.torch_generator(seed, 0, seeding.SERVER, "lora-base"))
         return model

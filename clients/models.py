@@ -1,4 +1,11 @@
-"""Model registry: torch modules built from (input shape, number of classes, params)."""
+"""Model registry: torch modules built from (input shape, number of classes, params).
+
+A user's model by path (``model.name = "my_pkg.nets:Net"``) is an ``nn.Module`` class or a
+factory function; the other keys of ``[model]`` are its keyword arguments (checked
+against its signature), and fedsim passes ``input_shape`` (a tuple, e.g. ``(1, 8, 8)``)
+and ``num_classes`` when it takes them. Its weights are drawn from the run seed
+(`init_model`), the same in every process.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +18,26 @@ import torch
 from torch import nn
 
 from fedsim.core.errors import ConfigError
-from fedsim.core.registry import PluginRegistry
+from fedsim.core.plugins import call_with
+from fedsim.core.registry import PathContract, PluginRegistry
 from fedsim.core.schema import option
 
 ModelFn = Callable[[tuple[int, ...], int, Any], nn.Module]
 
-MODELS = PluginRegistry("model")
+def _adapt(obj: Any, target: str, field: str) -> ModelFn:
+    if not callable(obj):
+        raise ConfigError(field, target, "must be an nn.Module class or a function returning one")
+
+    def build(input_shape: tuple[int, ...], num_classes: int, params: Any) -> nn.Module:
+        model = call_with(obj, params, input_shape=tuple(input_shape), num_classes=num_classes)
+        if not isinstance(model, nn.Module):
+            raise ConfigError(field, target, f"built a {type(model).__name__}, not a torch.nn.Module")
+        return model
+
+    return build
+
+
+MODELS = PluginRegistry("model", PathContract(adapt=_adapt, provided=("input_shape", "num_classes")))
 
 
 def register_model(name: str, params: type) -> Callable[[ModelFn], ModelFn]:
@@ -26,6 +47,9 @@ def register_model(name: str, params: type) -> Callable[[ModelFn], ModelFn]:
 
 def resolve_model_params(name: str, raw: Mapping[str, Any], path: str) -> Any:
     return MODELS.resolve_params(name, raw, path)
+
+
+resolve_model_params.registry = MODELS  # type: ignore[attr-defined]  (see fedsim.core.schema.iter_named)
 
 
 def build_model(name: str, params: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:

@@ -9,37 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from importlib import resources
 from pathlib import Path
 
+from fedsim.config import list_presets, resolve_scenario
 from fedsim.core.errors import ConfigError
-
-
-def preset_path(name: str) -> Path | None:
-    """A shipped preset by name; ``benchmarks/<study>`` names the benchmark suite's sweeps."""
-    if not name or name.startswith(("/", ".")) or ".." in name.split("/"):
-        return None
-    path = resources.files("scenarios").joinpath("presets", *f"{name}.toml".split("/"))
-    return Path(str(path)) if path.is_file() else None
-
-
-def list_presets() -> list[str]:
-    folder = resources.files("scenarios").joinpath("presets")
-    names = [p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml")]
-    bench = folder.joinpath("benchmarks")
-    if bench.is_dir():
-        names += [f"benchmarks/{p.name[:-5]}" for p in bench.iterdir() if p.name.endswith(".toml")]
-    return sorted(names)
-
-
-def resolve_scenario(arg: str) -> Path:
-    path = Path(arg)
-    if path.is_file():
-        return path
-    preset = preset_path(arg)
-    if preset is not None:
-        return preset
-    raise ConfigError("SCENARIO", arg, f"no such file, and not a preset ({', '.join(list_presets())})")
 
 
 def build_parser() -> argparse.ArgumentParser:

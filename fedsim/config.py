@@ -1,30 +1,41 @@
-"""Scenario configuration: TOML -> validated, frozen dataclasses.
+"""Scenario configuration, the composition root: TOML -> validated, frozen dataclasses.
 
 A scenario file has the sections below; every key has a default except the names of
-the dataset, the model and the strategy. ``load_config`` reads a file,
-``apply_overrides`` applies ``--set a.b=c`` edits to the raw data, and
-``from_dict`` validates everything once, raising a one-line `ConfigError`.
+the dataset, the model and the strategy. Each section is defined by the package that
+owns it (``[data]`` in `fedsim.scenarios.federation`, ``[client]`` in
+`fedsim.clients.settings`, ``[round]`` in `fedsim.engine.policies`, ...); this module
+only puts them together. ``load_config`` reads a file (or a shipped preset by name),
+``apply_overrides`` applies ``--set a.b=c`` edits to the raw data, and ``from_dict``
+validates everything once, raising a one-line `ConfigError`. ``[plugins]`` is read
+first, so names its modules register resolve in the rest of the file.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import tomllib
 from collections.abc import Iterable, Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from fedsim.clients.settings import ClientSection
+from fedsim.clients.spec import ClientSpec
 from fedsim.core.errors import ConfigError
-from fedsim.scenarios.faults import FaultsSection
-from fedsim.scenarios.byzantine import ByzantineSection, check_app
+from fedsim.core.overrides import apply_overrides
+from fedsim.core.plugins import PluginsSection, is_user_module, load_plugins_first
+from fedsim.core.schema import Named, iter_named, named, named_list, option, parse, to_plain
+from fedsim.engine.executors.sections import ExecutorSection, RaySection
 from fedsim.engine.policies import RoundSection
-from fedsim.core.schema import Named, named, named_list, option, parse, to_plain
-from fedsim.scenarios.devices import DevicesSection
+from fedsim.report import ReportSection
 from fedsim.scenarios.attacks.probe import ProbeSection
+from fedsim.scenarios.byzantine import ByzantineSection, check_app
+from fedsim.scenarios.devices import DevicesSection
+from fedsim.scenarios.faults import FaultsSection
+from fedsim.scenarios.federation import DataSection
 from fedsim.scenarios.network import NetworkSection
 
-__all__ = ["Config", "Named", "load_config", "from_dict", "apply_overrides"]
+__all__ = ["Config", "Named", "load_config", "from_dict", "apply_overrides", "resolve_scenario"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,137 +48,15 @@ class RunSection:
 
 
 @dataclasses.dataclass(frozen=True)
-class SharingSection:
-    """Zhao et al. 2018: a globally shared, class-balanced set G held by the server."""
-
-    beta: float | None = option(None, gt=0.0, le=1.0, doc="|G| = beta x |training data|; unset = no sharing")
-    alpha: float = option(1.0, ge=0.0, le=1.0, doc="each client receives a random alpha-portion of G, once")
-    warmup_epochs: int = option(0, ge=0, le=100_000, doc="train the initial global model on G first")
-    warmup_lr: float | None = option(None, gt=0.0, doc="warm-up learning rate; unset = client.lr")
-
-    @property
-    def enabled(self) -> bool:
-        return self.beta is not None
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSection:
-    dataset: Named = named("dataset", "fedsim.scenarios.datasets:resolve_dataset_params")
-    partitioner: Named = named("partitioner", "fedsim.scenarios.partitioners:resolve_partitioner_params", "iid")
-    num_clients: int = option(10, ge=1, le=10_000_000)
-    server_test_fraction: float = option(0.2, gt=0.0, lt=1.0,
-                                         doc="held out for the server when the dataset has no official test split")
-    client_test_fraction: float = option(0.2, ge=0.0, lt=1.0, doc="each client's local test split")
-    use_official_test: bool = option(True, doc="use the dataset's own test split as the server's test set")
-    sharing: SharingSection = SharingSection()
-
-
-@dataclasses.dataclass(frozen=True)
-class LocalDpSection:
-    """Flower's LocalDpMod on fedsim's ClientApp: clip the update, add Gaussian noise with
-    std = sensitivity * sqrt(2 ln(1.25 / delta)) / epsilon (per release)."""
-
-    epsilon: float = option(0.0, ge=0.0, doc="per-release epsilon; 0 = off")
-    delta: float = option(1e-5, gt=0.0, lt=1.0)
-    clipping_norm: float = option(1.0, gt=0.0)
-    sensitivity: float = option(1.0, ge=0.0, doc="usually the clipping norm")
-
-    @property
-    def enabled(self) -> bool:
-        return self.epsilon > 0
-
-    @property
-    def noise_std(self) -> float:
-        import math
-
-        return self.sensitivity * math.sqrt(2 * math.log(1.25 / self.delta)) / self.epsilon if self.enabled else 0.0
-
-
-@dataclasses.dataclass(frozen=True)
-class ClientSection:
-    app: str = option("fedsim", doc='"fedsim" or a Flower ClientApp as "module:attribute"')
-    local_epochs: int = option(1, ge=0, le=100_000)
-    local_steps: int = option(0, ge=0, le=100_000_000, doc="if > 0, a fixed number of SGD steps instead of epochs")
-    batch_size: int = option(32, ge=1, le=10_000_000)
-    lr: float = option(0.05, gt=0.0, le=1e6)
-    momentum: float = option(0.0, ge=0.0, lt=1.0)
-    weight_decay: float = option(0.0, ge=0.0, le=1e6)
-    threads: int = option(1, ge=1, le=1024, doc="torch threads per client process")
-    grad_bits: int = option(0, ge=0, le=16, doc="quantized local training: k-bit stochastic gradients (0 = off)")
-    autocast: str = option("none", choices=("none", "bf16"), doc="bf16 autocast for local training")
-    device: str = option("auto", doc='"auto" (CUDA when present), "cpu", "cuda" or "cuda:N"')
-    local_dp: LocalDpSection = LocalDpSection()
-    app_config: Mapping[str, Any] = dataclasses.field(default_factory=dict,
-                                                     metadata={"doc": "run_config for a user ClientApp"})
-
-    def check(self, path: str) -> None:
-        if self.local_epochs == 0 and self.local_steps == 0:
-            raise ConfigError(f"{path}.local_epochs", 0, "must be >= 1 unless local_steps > 0")
-        from fedsim.clients.device import resolve
-
-        resolve(self.device, f"{path}.device")  # "cuda" on a machine without CUDA fails here
-        if self.app != "fedsim" and (":" not in self.app or self.app.startswith(":") or self.app.endswith(":")):
-            raise ConfigError(f"{path}.app", self.app, 'must be "fedsim" or a ClientApp as "module:attribute"')
-        for key, value in self.app_config.items():
-            if not isinstance(value, (bool, int, float, str)):
-                raise ConfigError(f"{path}.app_config.{key}", value, "must be a bool, number or string")
-
-
-@dataclasses.dataclass(frozen=True)
 class ServerSection:
     centralized_eval: bool = option(True, doc="evaluate the global model on the server's held-out test set")
     eval_every: int = option(1, ge=1, doc="centralized evaluation every k rounds (and always the last)")
     timeout: float = option(3600.0, gt=0.0, doc="the timeout Flower's Strategy.start passes to the grid")
     reduce_replies: bool = option(True, doc="FedAvg-family strategies receive one pre-averaged training reply "
                                             "(bit-identical result, faster); false = every reply")
-
-
-@dataclasses.dataclass(frozen=True)
-class ExecutorSection:
-    name: str = option("serial", choices=("serial", "ray", "vectorized"))
-    chunk: int = option(1024, ge=1, le=1_000_000, doc="vectorized: clients trained in one batched computation")
-
-
-@dataclasses.dataclass(frozen=True)
-class RayTierSection:
-    """Actors with their own resources for a block of clients (e.g. the GPU-equipped 10%)."""
-
-    name: str = option("tier")
-    clients: tuple[int, ...] = option((), doc="[first, end): the partition ids this tier serves")
-    num_actors: int = option(1, ge=1, le=100_000)
-    cpus: float = option(1.0, gt=0.0, le=1024)
-    gpus: float = option(0.0, ge=0.0, le=64)
-    memory_mb: int = option(0, ge=0, le=10_000_000, doc="Ray logical memory reserved per actor")
-
-    def check(self, path: str) -> None:
-        if len(self.clients) != 2 or not (0 <= self.clients[0] < self.clients[1]):
-            raise ConfigError(f"{path}.clients", list(self.clients), "must be [first, end) with 0 <= first < end")
-
-
-@dataclasses.dataclass(frozen=True)
-class RaySection:
-    address: str = option("", doc='"" starts a local Ray; "auto" or "ray://host:port" attaches to a cluster')
-    num_actors: int = option(0, ge=0, le=100_000, doc="0 = number of CPU cores")
-    cpus_per_actor: float = option(1.0, gt=0.0, le=1024)
-    client_timeout: float = option(0.0, ge=0.0, doc="wall seconds before a client task is abandoned; 0 = never")
-    max_retries: int = option(1, ge=0, le=10, doc="retries of a client whose actor died")
-    gpus_per_actor: float = option(0.0, ge=0.0, le=64, doc="GPUs each actor requests (fractions share one)")
-    memory_mb_per_actor: int = option(0, ge=0, le=10_000_000, doc="Ray logical memory reserved per actor")
-    tiers: tuple[RayTierSection, ...] = option((), doc="per-tier actor pools; they must cover every client once")
-    client_memory_mb: int = option(0, ge=0, le=10_000_000,
-                                   doc="address-space allowance per actor beyond its start (0 = no limit); "
-                                       "a client allocating more fails with MemoryError and is excluded")
-
-
-@dataclasses.dataclass(frozen=True)
-class ReportSection:
-    out_dir: str = option("results", doc="parent folder of run folders (the CLI's --out names the run folder)")
-    plots: bool = True
-    progress: bool = True
-    flower_logs: bool = option(False, doc="show Flower's own INFO logs")
-    tensorboard: bool = option(False, doc="also log rounds to <run>/tensorboard")
-    mlflow: bool = option(False, doc="also log config and rounds to a local MLflow store, <run>/mlflow.db")
-    mlflow_uri: str = option("", doc='tracking URI instead of <run>/mlflow.db, e.g. "sqlite:///results/mlflow.db"')
+    max_empty_rounds: int = option(5, ge=0, le=1_000_000,
+                                   doc="stop the run after this many rounds in a row aggregate no training reply "
+                                       "(0 = never stop)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +79,7 @@ class Config:
     executor: ExecutorSection = ExecutorSection()
     ray: RaySection = RaySection()
     report: ReportSection = ReportSection()
+    plugins: PluginsSection = PluginsSection()
 
     def check(self, path: str) -> None:
         if self.data is None:
@@ -215,9 +105,46 @@ class Config:
                 raise ConfigError("ray.tiers", f"clients 0..{edge - 1}",
                                   f"must cover every client: data.num_clients is {self.data.num_clients}")
 
+    @property
+    def data_seed(self) -> int:
+        """The seed of the dataset and the partition (``data.seed``, else ``run.seed``)."""
+        return self.data.data_seed(self.run.seed)
+
+    def plugin_modules(self, sections: Iterable[Any] | None = None) -> tuple[str, ...]:
+        """``[plugins] imports`` plus every user module that registered a name used in
+        ``sections`` (default: the whole scenario), for other processes to import."""
+        found = list(self.plugins.imports)
+        for section in (self,) if sections is None else sections:
+            for registry, item in iter_named(section):
+                origin = registry.origin(item.name) if registry is not None else None
+                if origin and is_user_module(origin) and origin not in found:
+                    found.append(origin)
+        return tuple(found)
+
+    def main_registrations(self, sections: Iterable[Any] | None = None) -> tuple[tuple[Any, str, Any], ...]:
+        """``(registry, name, entry)`` for names a script's or notebook's ``__main__`` registered
+        (another process cannot import them; a Ray actor receives them by value)."""
+        out = []
+        for section in (self,) if sections is None else sections:
+            for registry, item in iter_named(section):
+                entry = registry.main_entry(item.name) if registry is not None else None
+                if entry is not None:
+                    out.append((registry, item.name, entry))
+        return tuple(out)
+
+    def client_spec(self) -> ClientSpec:
+        """The client contract: what a ClientApp needs of this scenario, and nothing else."""
+        bare = ClientSpec(data=self.data, model=self.model, seed=self.run.seed, client=self.client, codec=self.codec)
+        plugins = PluginsSection(imports=self.plugin_modules([bare]), paths=self.plugins.paths)
+        return dataclasses.replace(bare, plugins=plugins)
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (TOML/JSON) that `from_dict` turns back into an equal Config."""
-        return to_plain(self)
+        """Plain data (TOML/JSON) that `from_dict` turns back into an equal Config; ``plugins.imports``
+        also names the user modules that registered names the scenario uses, so the file
+        is complete on its own (another process, a later ``fedsim run`` of it)."""
+        plain = to_plain(self)
+        plain["plugins"]["imports"] = list(self.plugin_modules())
+        return plain
 
     def replace(self, overrides: Iterable[str]) -> "Config":
         """A new Config with ``section.key=value`` edits applied (and validated)."""
@@ -234,7 +161,39 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
     raw = dict(raw)
     if "data" not in raw:
         raise ConfigError("data.dataset.name", None, "required: the dataset to use")
+    if "plugins" in raw:
+        load_plugins_first(raw)  # names its modules register must resolve in the other sections
     return parse(Config, raw, "")
+
+
+def preset_path(name: str) -> Path | None:
+    """A shipped preset by name; ``benchmarks/<study>`` names the benchmark suite's sweeps."""
+    if not name or name.startswith(("/", ".")) or ".." in name.split("/") or name.endswith(".toml"):
+        return None
+    path = resources.files("fedsim.scenarios").joinpath("presets", *f"{name}.toml".split("/"))
+    return Path(str(path)) if path.is_file() else None
+
+
+def list_presets() -> list[str]:
+    folder = resources.files("fedsim.scenarios").joinpath("presets")
+    names = [p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml")]
+    bench = folder.joinpath("benchmarks")
+    if bench.is_dir():
+        names += [f"benchmarks/{p.name[:-5]}" for p in bench.iterdir() if p.name.endswith(".toml")]
+    return sorted(names)
+
+
+def resolve_scenario(arg: str | Path) -> Path:
+    """A scenario file, or a shipped preset by name (``quickstart``, ``benchmarks/codecs``)."""
+    path = Path(arg)
+    if path.is_file():
+        return path
+    preset = preset_path(str(arg))
+    if preset is not None:
+        return preset
+    if str(arg).endswith(".toml"):
+        raise ConfigError("scenario", str(arg), "file not found")
+    raise ConfigError("SCENARIO", str(arg), f"no such file, and not a preset ({', '.join(list_presets())})")
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -251,8 +210,9 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
-    """Read, override and validate a scenario file. A ``[sweep]`` table is left to
-    ``fedsim sweep``: here the file is its base scenario."""
+    """Read, override and validate a scenario file or a preset by name. A ``[sweep]``
+    table is left to ``fedsim sweep``: here the file is its base scenario."""
+    path = resolve_scenario(path)
     raw = apply_overrides(load_toml(path), overrides)
     if "sweep" in raw:
         import logging
@@ -261,37 +221,3 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
                                          "(`fedsim sweep` runs the grid)", path)
         raw.pop("sweep")
     return from_dict(raw)
-
-
-def parse_override_value(text: str) -> Any:
-    """A TOML literal if it parses (``0.5``, ``true``, ``[1, 2]``, ``"x"``), else the raw string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` edits to raw scenario data (returns a deep copy)."""
-    out: dict[str, Any] = copy.deepcopy(dict(raw))
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        parts = [p.strip() for p in key.strip().split(".")]
-        if not sep or any(not p for p in parts):
-            raise ConfigError("--set", item, "must look like section.key=value")
-        node: dict[str, Any] = out
-        for i, part in enumerate(parts[:-1]):
-            nxt = node.get(part)
-            if isinstance(nxt, str) and i >= 0 and part in _NAMED_KEYS:  # `model = "mlp"` -> table
-                nxt = {"name": nxt}
-            elif nxt is None:
-                nxt = {}
-            elif not isinstance(nxt, dict):
-                raise ConfigError(".".join(parts[: i + 1]), nxt, f"is not a table; cannot set {key.strip()}")
-            node[part] = nxt
-            node = nxt
-        node[parts[-1]] = parse_override_value(text.strip())
-    return out
-
-
-_NAMED_KEYS = {"model", "strategy", "dataset", "partitioner"}

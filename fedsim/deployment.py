@@ -56,26 +56,31 @@ def check_deployable(cfg: Any) -> None:
 
 
 def run_config(cfg: Any) -> dict[str, str]:
-    """The app's run config: the ClientApp's keys (`to_run_config`), ``[server]`` and the
-    simulated-grid sections (so the ServerApp can name what does not apply)."""
-    from fedsim.clients.runconfig import _flatten, to_run_config
+    """The app's run config: the whole scenario as flat ``section.key`` literals. The
+    ClientApp reads only its contract's keys (`fedsim.clients.spec`); the ServerApp
+    rebuilds the scenario from all of them (and names the sections that do not apply)."""
+    from fedsim.core.overrides import flatten
 
-    out = to_run_config(cfg)
+    out: dict[str, str] = {}
     plain = cfg.to_dict()
-    for section in ("server", *SIMULATED):
-        _flatten(section, plain[section], out)
+    for section in ("run", "data", "model", "client", "strategy", "server", "plugins", *SIMULATED):
+        flatten(section, plain[section], out)
     return out
+
+
+def from_run_config(run_config: Any) -> Any:
+    """The scenario an app's run config carries (see `run_config`)."""
+    from fedsim.config import from_dict
+    from fedsim.core.overrides import unflatten
+
+    return from_dict(unflatten({k: str(v) for k, v in run_config.items()}))
 
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
-    from fedsim.clients.models import init_model
-    from fedsim.clients.runconfig import from_run_config
-    from fedsim.clients.trainer import evaluate
     from fedsim.core import seeding
-    from fedsim.runner import torch_threads, warm_up
-    from fedsim.scenarios.federation import federated_data
-    from fedsim.strategies.registry import build_strategy
+    from fedsim.runner import torch_threads
+    from fedsim.runsetup import prepare
 
     cfg = from_run_config(dict(context.run_config))
     check_deployable(cfg)
@@ -83,29 +88,24 @@ def main(grid: Grid, context: Context) -> None:
     if ignored:
         flwr_log(WARNING, "fedsim: %s of scenario %r apply to fedsim's simulated grid only; on the Deployment "
                           "Engine the real network and devices decide", ", ".join(ignored), cfg.run.name)
-    seed, rounds = cfg.run.seed, cfg.run.rounds
+    rounds = cfg.run.rounds
     history: list[dict[str, Any]] = []
     with torch_threads(cfg.client.threads):
-        data = federated_data(cfg.data, seed)
-        model = init_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes, seed)
-        if cfg.data.sharing.enabled and cfg.data.sharing.warmup_epochs > 0:
-            warm_up(model, data, cfg)
-        initial = ArrayRecord(model.state_dict())
-        strategy = build_strategy(cfg.strategy.name, cfg.strategy.params)
+        setup = prepare(cfg)
+        assert setup.strategy is not None
 
         def central(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
             due = server_round % cfg.server.eval_every == 0 or server_round == rounds
             if not cfg.server.centralized_eval or not due:
                 return None
-            model.load_state_dict(arrays.to_torch_state_dict())
-            loss, acc = evaluate(model, data.server_x, data.server_y)
+            loss, acc = setup.evaluate(arrays)
             history.append({"round": server_round, "central_loss": loss, "central_acc": acc})
             flwr_log(INFO, "fedsim: round %d/%d centralized accuracy %.4f, loss %.4f", server_round, rounds, acc, loss)
             return MetricRecord({"loss": loss, "accuracy": acc})
 
-        seeding.seed_python_random(seed, 0, "start")
-        result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=rounds,
-                                timeout=cfg.server.timeout, evaluate_fn=central)
+        seeding.seed_python_random(cfg.run.seed, 0, "start")
+        result = setup.strategy.start(grid=grid, initial_arrays=setup.initial, num_rounds=rounds,
+                                      timeout=cfg.server.timeout, evaluate_fn=central)
     trained = sorted(getattr(result, "train_metrics_clientapp", None) or {})
     print(RESULT_PREFIX + json.dumps({
         "name": cfg.run.name, "rounds": rounds, "train_rounds": trained,
@@ -118,7 +118,7 @@ def write_app(cfg: Any, folder: str | Path, port: int = 9093) -> Path:
     and ``.flwr/config.toml`` naming the SuperLink at ``127.0.0.1:port`` as ``fedsim-local``."""
     import tomli_w
 
-    from fedsim.runner import make_app_ref
+    from fedsim.runsetup import make_app_ref
 
     check_deployable(cfg)
     out = Path(folder)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -11,7 +12,20 @@ from typing import Any
 
 import numpy as np
 
+from fedsim.core.schema import option
 from fedsim.engine.metrics import SYSTEM_COUNTS
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportSection:
+    out_dir: str = option("results", doc="parent folder of run folders (the CLI's --out names the run folder)")
+    plots: bool = True
+    progress: bool = True
+    flower_logs: bool = option(False, doc="show Flower's own INFO logs")
+    tensorboard: bool = option(False, doc="also log rounds to <run>/tensorboard")
+    mlflow: bool = option(False, doc="also log config and rounds to a local MLflow store, <run>/mlflow.db")
+    mlflow_uri: str = option("", doc='tracking URI instead of <run>/mlflow.db, e.g. "sqlite:///results/mlflow.db"')
+
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"

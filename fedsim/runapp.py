@@ -24,7 +24,8 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import ServerApp
 
 from fedsim import report
-from fedsim.config import load_toml, parse_override_value
+from fedsim.config import load_toml
+from fedsim.core.overrides import parse_override_value
 from fedsim.engine.policies import RoundSection
 from fedsim.core.schema import parse
 from fedsim.engine.system import SystemModel

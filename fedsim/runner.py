@@ -1,4 +1,10 @@
-"""``fedsim.run(config) -> RunResult``: a scenario end to end on a `SimulationGrid`."""
+"""``fedsim.run(config) -> RunResult``: a scenario end to end on a `SimulationGrid`.
+
+A run is: the set-up (`fedsim.runsetup.prepare`), the engine (executor + grid +
+system model), observers (metrics.jsonl, tracking, the progress bar, the stop check),
+the strategy's own round loop with `RoundEnd` as its ``evaluate_fn``, then the results
+folder (summary, plots, the final model).
+"""
 
 from __future__ import annotations
 
@@ -6,39 +12,36 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, MetricRecord
-from flwr.serverapp.strategy import Result, Strategy
+from flwr.serverapp.strategy import Result
 
-from fedsim.clients import lora
-from fedsim.clients.codecs import build_pipeline
-from fedsim.clients.models import build_model, init_model
-from fedsim.clients.runconfig import to_run_config
-from fedsim.clients.trainer import evaluate
-from fedsim.engine import checkpoint
 from fedsim import report
+from fedsim.clients.codecs import build_pipeline
+from fedsim.config import Config, load_config
 from fedsim.core import seeding
 from fedsim.core.errors import ConfigError
-from fedsim.config import Config, load_config
-from fedsim.engine.executors import AppRef, make_executor
+from fedsim.engine import checkpoint
+from fedsim.engine.executors import make_executor
 from fedsim.engine.grid import SimulationGrid
 from fedsim.engine.metrics import Recorder
-from fedsim.progress import RoundProgress
 from fedsim.engine.system import SystemModel
-from fedsim.scenarios.federation import federated_data
-from fedsim.strategies.registry import build_strategy
+from fedsim.progress import RoundProgress
+from fedsim.runsetup import RunSetup, check_checkpointable, make_app_ref, prepare
 
 log = logging.getLogger("fedsim")
 
 
 @dataclasses.dataclass
 class RunResult:
-    """What a run produced. ``history`` holds the metrics.jsonl records (round 0 = initial model)."""
+    """What a run produced. ``history`` holds the metrics.jsonl records (round 0 = initial model);
+    ``arrays`` the final global model (never empty: the last good one if nothing aggregated);
+    ``flower_result`` Flower's own ``Result`` of ``Strategy.start`` (its per-round metric records);
+    ``stopped`` the reason the run stopped early, or None."""
 
     config: Config
     history: list[dict[str, Any]]
@@ -47,9 +50,14 @@ class RunResult:
     out_dir: Path | None
     paths: dict[str, Path]
     flower_result: Result
+    stopped: str | None = None
 
     def final(self, key: str) -> Any:
         return next((r[key] for r in reversed(self.history) if r.get(key) is not None), None)
+
+
+class RunStopped(Exception):
+    """The run cannot make progress (raised from a round's end; everything so far is kept)."""
 
 
 @contextlib.contextmanager
@@ -85,32 +93,19 @@ def default_out_dir(cfg: Config) -> Path:
     return path
 
 
-def make_app_ref(cfg: Config) -> tuple[AppRef, dict[str, Any]]:
-    """The ClientApp to run and the run_config its Context carries."""
-    extra: dict[str, Any] = {"seed": cfg.run.seed}
-    if cfg.faults.enabled:
-        extra["faults"] = cfg.faults
-    if cfg.byzantine.enabled:
-        from fedsim.scenarios.byzantine import malicious_clients
-
-        extra.update(byzantine=cfg.byzantine,
-                     malicious=malicious_clients(cfg.byzantine, cfg.data.num_clients, cfg.run.seed))
-    if cfg.client.app == "fedsim":
-        from fedsim.strategies.wrappers import CLIENT_MODS
-
-        mod = CLIENT_MODS.get(getattr(cfg.strategy.params, "wrapper", ""), "")
-        return AppRef(f"clients.app:app_{mod}" if mod else "fedsim.clients.app:app", **extra), to_run_config(cfg)
-    return AppRef(cfg.client.app, paths=(os.getcwd(),), **extra), dict(cfg.client.app_config)
+def _config(config: Config | str | Path, overrides: Iterable[str]) -> Config:
+    return load_config(config, overrides) if isinstance(config, (str, Path)) else config.replace(overrides)
 
 
 def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overrides: Iterable[str] = (),
         write: bool = True) -> RunResult:
-    """Run a scenario. ``config`` is a `Config` or a TOML path; ``overrides`` are ``a.b=c`` edits.
+    """Run a scenario. ``config`` is a `Config`, a TOML path or a preset name; ``overrides``
+    are ``a.b=c`` edits.
 
     With ``write`` (default) a results folder is written to ``out_dir`` (default
     ``report.out_dir/<run name>-<timestamp>``).
     """
-    cfg = load_config(config, overrides) if isinstance(config, (str, Path)) else config.replace(overrides)
+    cfg = _config(config, overrides)
     out = (Path(out_dir) if out_dir is not None else default_out_dir(cfg)) if write else None
     if cfg.run.checkpoint_every and out is None:
         raise ConfigError("run.checkpoint_every", cfg.run.checkpoint_every, "needs a results folder (write=True)")
@@ -118,26 +113,25 @@ def run(config: Config | str | Path, *, out_dir: str | Path | None = None, overr
 
 
 def check(config: Config | str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
-    """Validate a scenario as far as a run would before its first round (config, data and
-    partitions, model, strategy, system model, ClientApp) without training; a summary."""
-    cfg = load_config(config, overrides) if isinstance(config, (str, Path)) else config.replace(overrides)
+    """Validate a scenario as far as a run would before its first round (config, plug-ins,
+    data and partitions, model, strategy, system model, ClientApp) without training; a summary."""
+    cfg = _config(config, overrides)
     with flower_log_level(False, quiet=logging.ERROR):
-        data = federated_data(cfg.data, cfg.run.seed)
-        init_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes, cfg.run.seed)
-        strategy = build_strategy(cfg.strategy.name, cfg.strategy.params)
-        if (cfg.run.checkpoint_every and type(strategy).start is not Strategy.start
-                and not callable(getattr(strategy, "fedsim_state", None))):
-            raise ConfigError("run.checkpoint_every", cfg.run.checkpoint_every,
-                              f"strategy {cfg.strategy.name!r} drives its own rounds and cannot be checkpointed")
+        setup = prepare(cfg)
+        assert setup.strategy is not None
+        check_checkpointable(cfg, setup.strategy)
         SystemModel(cfg.devices, cfg.network, cfg.round, cfg.data.num_clients, cfg.run.seed,
                     local_epochs=cfg.client.local_epochs)
         build_pipeline(cfg.codec)
         make_app_ref(cfg)[0].load()
+        if cfg.probe.enabled:
+            make_prober(cfg, setup, None)
+    data = setup.data
     size = getattr(data, "client_size", None) or (lambda c: len(data.client_train(c)[1]))
     sizes = [size(c) for c in range(cfg.data.num_clients)]
     return {"name": cfg.run.name, "clients": cfg.data.num_clients, "examples": sum(sizes),
             "smallest_client": min(sizes), "largest_client": max(sizes), "rounds": cfg.run.rounds,
-            "strategy": cfg.strategy.name, "model": cfg.model.name}
+            "strategy": cfg.strategy.name, "model": cfg.model.name, "dataset": cfg.data.dataset.name}
 
 
 def resume(out_dir: str | Path) -> RunResult:
@@ -169,73 +163,138 @@ def shift_rounds(strategy: Any, offset: int) -> None:
         setattr(strategy, name, shifted)
 
 
-def _run(cfg: Config, out: Path | None, writer: report.RunWriter | None, ck: Any) -> RunResult:
-    seed = cfg.run.seed
-    paths: dict[str, Path] = {}
+# ------------------------------------------------------------------ the stop check
+#: Exception types in a client's error that mean the scenario cannot work (not a random fault).
+CONFIG_FAILURES = ("ConfigError", "ModuleNotFoundError", "ImportError")
 
+
+class StopCheck:
+    """Stops a run that cannot work: every training client of a round failed with the same
+    configuration error, or ``max_empty_rounds`` rounds in a row aggregated nothing."""
+
+    def __init__(self, max_empty_rounds: int) -> None:
+        self.max_empty = max_empty_rounds
+        self.empty = 0
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        if record["round"] == 0 or record["clients_sampled"] == 0:
+            return
+        failures = [f for f in record["failures"] if f["phase"].startswith("train")]
+        if record["clients_replied"] == 0 and failures:
+            first = failures[0]["reason"]
+            if first.split(":", 1)[0] in CONFIG_FAILURES and all(f["reason"] == first for f in failures):
+                raise RunStopped(f"round {record['round']}: every client failed with the same configuration error: "
+                                 f"{first}")
+        self.empty = self.empty + 1 if record["clients_replied"] == 0 else 0
+        if self.max_empty and self.empty >= self.max_empty:
+            why = f"; first client error: {failures[0]['reason']}" if failures else ""
+            raise RunStopped(f"no training reply was aggregated in {self.empty} rounds in a row "
+                             f"(rounds {record['round'] - self.empty + 1}-{record['round']}; "
+                             f"server.max_empty_rounds = {self.max_empty}){why}")
+
+
+# ------------------------------------------------------------------ the round's end
+class RoundEnd:
+    """The ``evaluate_fn`` Flower's ``Strategy.start`` calls after every round (and before
+    the first): centralized evaluation, attack probes, strategy metrics, the round's
+    record, checkpoints; it remembers the last non-empty global model."""
+
+    def __init__(self, setup: RunSetup, recorder: Recorder, grid: SimulationGrid, executor: Any, prober: Any,
+                 out: Path | None, start_round: int, resumed: bool) -> None:
+        self.setup = setup
+        self.cfg = setup.cfg
+        self.recorder = recorder
+        self.grid = grid
+        self.executor = executor
+        self.prober = prober
+        self.out = out
+        self.start_round = start_round
+        self.resumed = resumed
+        self.last_good: ArrayRecord = setup.initial
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if len(arrays) > 0:
+            self.last_good = arrays
+        if self.resumed and server_round == 0:
+            return None  # round `start_round` was recorded before the interruption
+        server_round += self.start_round
+        cfg = self.cfg
+        due = server_round % cfg.server.eval_every == 0 or server_round == cfg.run.rounds
+        central = self.setup.evaluate(arrays) if cfg.server.centralized_eval and due and len(arrays) else None
+        if self.prober is not None and server_round > 0:
+            self.recorder.pending.update(self.prober.run_round(server_round, self.executor))
+        extra = getattr(self.setup.strategy, "round_metrics", None)  # e.g. FedBuff's staleness statistics
+        if isinstance(extra, dict) and server_round > 0:
+            self.recorder.pending.update({f"strategy_{k}": v for k, v in extra.items()})
+        self.recorder.close_round(server_round, central)
+        every = cfg.run.checkpoint_every
+        if every and self.out is not None and server_round > 0 and server_round % every == 0:
+            counters, nodes, codec_state, messages = self.grid.checkpoint_state()
+            checkpoint.save(self.out, server_round, arrays, self.setup.strategy, nodes, counters, codec_state,
+                            messages=messages)
+        if central is None:
+            return None
+        return MetricRecord({"loss": central[0], "accuracy": central[1]})
+
+
+# ------------------------------------------------------------------ the run
+def _observers(cfg: Config, out: Path | None, writer: report.RunWriter | None, progress: RoundProgress
+               ) -> tuple[Recorder, Any]:
+    """The recorder, whose each closed round goes to metrics.jsonl, tracking, the log, the
+    progress bar and the stop check (in that order: a stop keeps the round it saw)."""
+    tracker = None
+    if out is not None and (cfg.report.tensorboard or cfg.report.mlflow):
+        from fedsim.tracking import Tracker, flatten
+
+        tracker = Tracker(out, cfg.run.name, flatten(cfg.to_dict()), cfg.report.tensorboard, cfg.report.mlflow,
+                          cfg.report.mlflow_uri)
+    stop = StopCheck(cfg.server.max_empty_rounds)
+
+    def on_record(record: dict[str, Any]) -> None:
+        if writer is not None:
+            writer.append(record)
+        if tracker is not None:
+            tracker.log(record)
+        for f in record["failures"]:
+            log.warning("round %d: client %d failed in %s: %s", record["round"], f["partition_id"], f["phase"],
+                        f["reason"])
+        progress.update(record)
+        stop(record)
+
+    return Recorder(on_record=on_record), tracker
+
+
+def _engine(cfg: Config, recorder: Recorder) -> tuple[Any, SimulationGrid]:
+    executor = make_executor(cfg.executor.name, **_executor_kwargs(cfg))
+    system = SystemModel(cfg.devices, cfg.network, cfg.round, cfg.data.num_clients, cfg.run.seed,
+                         local_epochs=cfg.client.local_epochs)
+    grid = SimulationGrid(cfg.data.num_clients, executor, seed=cfg.run.seed, observer=recorder.on_exchange,
+                          system=system, codec=build_pipeline(cfg.codec))
+    return executor, grid
+
+
+def _run(cfg: Config, out: Path | None, writer: report.RunWriter | None, ck: Any) -> RunResult:
+    paths: dict[str, Path] = {}
     with flower_log_level(cfg.report.flower_logs), torch_threads(cfg.client.threads):
-        data = federated_data(cfg.data, seed)  # validates partitions before anything starts
-        spec = lora.lora_params(cfg.codec)
-        if spec is not None:  # LoRA-only: the global arrays are the adapters
-            server_model = lora.wrap(lora.build_base(cfg, data, spec), spec, seed)
-            initial = ArrayRecord(lora.trainable_state(server_model))
-        else:
-            model = init_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes, seed)
-            if cfg.data.sharing.enabled and cfg.data.sharing.warmup_epochs > 0:
-                warm_up(model, data, cfg)
-            initial = ArrayRecord(model.state_dict())
-            server_model = build_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes)
         with flower_log_level(cfg.report.flower_logs, quiet=logging.ERROR):  # e.g. "fraction_evaluate is 0"
-            strategy = build_strategy(cfg.strategy.name, cfg.strategy.params)
-        own_loop = type(strategy).start is not Strategy.start
-        if cfg.run.checkpoint_every and own_loop and not callable(getattr(strategy, "fedsim_state", None)):
-            raise ConfigError("run.checkpoint_every", cfg.run.checkpoint_every,
-                              f"strategy {cfg.strategy.name!r} drives its own rounds (start() overridden) and does "
-                              "not expose fedsim_state() / fedsim_load_state(); set 0")
+            setup = prepare(cfg)
+        strategy = setup.strategy
+        assert strategy is not None
+        check_checkpointable(cfg, strategy)
         app_ref, run_config = make_app_ref(cfg)
         if writer is not None:
-            paths["config"] = writer.write_config(cfg.to_dict()) if ck is None else out / report.CONFIG
-
+            paths["config"] = writer.write_config(cfg.to_dict()) if ck is None else writer.out / report.CONFIG
         progress = RoundProgress(cfg.run.rounds, cfg.run.name, enabled=cfg.report.progress)
-        tracker = None
-        if out is not None and (cfg.report.tensorboard or cfg.report.mlflow):
-            from fedsim.tracking import Tracker, flatten
+        recorder, tracker = _observers(cfg, out, writer, progress)
+        if setup.adapters is not None and setup.adapters.mode == "fedit":
+            from fedsim.clients import lora
 
-            tracker = Tracker(out, cfg.run.name, flatten(cfg.to_dict()), cfg.report.tensorboard, cfg.report.mlflow, cfg.report.mlflow_uri)
-
-        def on_record(record: dict[str, Any]) -> None:
-            if writer is not None:
-                writer.append(record)
-            if tracker is not None:
-                tracker.log(record)
-            for f in record["failures"]:
-                log.warning("round %d: client %d failed in %s: %s", record["round"], f["partition_id"],
-                            f["phase"], f["reason"])
-            progress.update(record)
-
-        recorder = Recorder(on_record=on_record)
-        start_round = 0
-        if ck is not None:
-            start_round = ck.round
-            recorder.records = list(writer.kept) if writer is not None else []
-        if spec is not None and spec.mode == "fedit":
             recorder.train_metrics.append(lambda replies: {"lora_aggregation_error": lora.aggregation_error(replies)})
-        # The one-time distribution of the shared set is charged to round 0.
-        recorder.pending["bytes_shared"] = data.shared_bytes()
-        executor = make_executor(cfg.executor.name, **_executor_kwargs(cfg))
-        system = SystemModel(cfg.devices, cfg.network, cfg.round, cfg.data.num_clients, seed,
-                             local_epochs=cfg.client.local_epochs)
-        grid = SimulationGrid(cfg.data.num_clients, executor, seed=seed, observer=recorder.on_exchange, system=system,
-                              codec=build_pipeline(cfg.codec))
+        recorder.pending["bytes_shared"] = setup.data.shared_bytes()  # G's one-time distribution: round 0
+        executor, grid = _engine(cfg, recorder)
+        initial, start_round = setup.initial, 0
         if ck is not None:
-            grid.restore(ck.grid, ck.nodes, ck.codec_state, ck.messages)
-            checkpoint.restore_strategy(strategy, ck)
-            initial = ck.arrays
-            recorder.resume_at(grid.clock.now)
-            if own_loop:  # it resumes its own loop (and counts its own rounds)
-                start_round = 0
-            else:
-                shift_rounds(strategy, start_round)
+            start_round, initial = _restore(ck, setup, grid, recorder, writer)
         recorder.clock = grid.clock
         if cfg.server.reduce_replies and not cfg.probe.enabled:
             from fedsim.engine.streaming import reducible
@@ -243,55 +302,62 @@ def _run(cfg: Config, out: Path | None, writer: report.RunWriter | None, ck: Any
             if reducible(strategy):
                 grid.reduce_by = strategy.weighted_by_key
         executor.start(app_ref, grid.run.run_id, run_config)
-        prober = make_prober(cfg, data, server_model, spec is not None, out) if cfg.probe.enabled else None
+        prober = make_prober(cfg, setup, out) if cfg.probe.enabled else None
         if prober is not None:
             grid.probe = prober.collect
-
-        def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-            if ck is not None and server_round == 0:
-                return None  # resumed: round `start_round` was recorded before the interruption
-            server_round += start_round
-            due = server_round % cfg.server.eval_every == 0 or server_round == cfg.run.rounds
-            central = None
-            if cfg.server.centralized_eval and due:
-                if spec is not None:
-                    lora.load_trainable(server_model, arrays)
-                else:
-                    server_model.load_state_dict(arrays.to_torch_state_dict())
-                central = evaluate(server_model, data.server_x, data.server_y)
-            if prober is not None and server_round > 0:
-                recorder.pending.update(prober.run_round(server_round, executor))
-            extra = getattr(strategy, "round_metrics", None)  # e.g. FedBuff's staleness statistics
-            if isinstance(extra, dict) and server_round > 0:
-                recorder.pending.update({f"strategy_{k}": v for k, v in extra.items()})
-            recorder.close_round(server_round, central)
-            every = cfg.run.checkpoint_every
-            if every and out is not None and server_round > 0 and server_round % every == 0:
-                counters, nodes, codec_state, messages = grid.checkpoint_state()
-                checkpoint.save(out, server_round, arrays, strategy, nodes, counters, codec_state, messages=messages)
-            if central is None:
-                return None
-            return MetricRecord({"loss": central[0], "accuracy": central[1]})
-
+        round_end = RoundEnd(setup, recorder, grid, executor, prober, out, 0 if setup.own_loop else start_round,
+                             resumed=ck is not None)
+        result, stopped = Result(arrays=initial), None
         try:
             with progress:
-                seeding.seed_python_random(seed, 0, "start")
+                seeding.seed_python_random(cfg.run.seed, 0, "start")
                 # Under the deadline policies the timeout is the round's virtual deadline.
                 timeout = cfg.round.deadline if cfg.round.deadline is not None else cfg.server.timeout
-                if cfg.run.rounds > start_round:
-                    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.run.rounds - start_round,
-                                            timeout=timeout, evaluate_fn=evaluate_fn)
-                else:  # resumed after the last round's checkpoint: nothing left to run
-                    result = Result(arrays=initial)
+                left = cfg.run.rounds - (0 if setup.own_loop else start_round)
+                if left > 0:  # (a run resumed after its last round's checkpoint has nothing left)
+                    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=left, timeout=timeout,
+                                            evaluate_fn=round_end)
+        except RunStopped as exc:
+            stopped = str(exc)
         finally:
             executor.shutdown()
             if tracker is not None:
                 tracker.close()
-        recorder.flush()  # a strategy with its own start() may not call evaluate_fn every round
+        if stopped is None:
+            try:
+                recorder.flush()  # a strategy with its own start() may not call evaluate_fn every round
+            except RunStopped as exc:
+                stopped = str(exc)
+    # Flower's Result holds an empty ArrayRecord when nothing was ever aggregated: keep the last good model.
+    done = result.arrays if stopped is None and result.arrays is not None and len(result.arrays) > 0 else None
+    final = done if done is not None else round_end.last_good
+    return _finish(cfg, setup, recorder, app_ref, final, result, stopped, writer, out, paths)
 
-    summary = {"name": cfg.run.name, "seed": seed, "executor": cfg.executor.name,
-               "strategy": cfg.strategy.name, "dataset": cfg.data.dataset.name,
+
+def _restore(ck: Any, setup: RunSetup, grid: SimulationGrid, recorder: Recorder,
+             writer: report.RunWriter | None) -> tuple[int, ArrayRecord]:
+    """A checkpoint's state into the grid, strategy and recorder; (round reached, global arrays)."""
+    grid.restore(ck.grid, ck.nodes, ck.codec_state, ck.messages)
+    checkpoint.restore_strategy(setup.strategy, ck)
+    recorder.records = list(writer.kept) if writer is not None else []
+    recorder.resume_at(grid.clock.now)
+    if not setup.own_loop:
+        shift_rounds(setup.strategy, ck.round)
+    return ck.round, ck.arrays
+
+
+def _finish(cfg: Config, setup: RunSetup, recorder: Recorder, app_ref: Any, final: ArrayRecord, result: Result,
+            stopped: str | None, writer: report.RunWriter | None, out: Path | None,
+            paths: dict[str, Path]) -> RunResult:
+    """The summary, plots and final model of a finished (or stopped) run."""
+    summary = {"name": cfg.run.name, "seed": cfg.run.seed, "data_seed": cfg.data_seed,
+               "executor": cfg.executor.name, "strategy": cfg.strategy.name, "dataset": cfg.data.dataset.name,
                "num_clients": cfg.data.num_clients, **report.summarize(recorder.records)}
+    if stopped is not None:
+        summary["stopped"] = stopped
+        log.error("run stopped: %s", stopped)
+    if not any(r.get("clients_replied") for r in recorder.records[1:]) and len(recorder.records) > 1:
+        summary["model"] = "initial (no training reply was ever aggregated)"
     if app_ref.malicious:
         summary["malicious_clients"] = sorted(app_ref.malicious)
     if writer is not None and out is not None:
@@ -300,45 +366,21 @@ def _run(cfg: Config, out: Path | None, writer: report.RunWriter | None, ck: Any
         if cfg.report.plots:
             for p in report.plot_curves(recorder.records, out) + report.plot_system(recorder.records, out):
                 paths[p.stem] = p
-            paths["label_distribution"] = report.plot_label_distribution(data.label_counts(), out)
-    final_arrays = result.arrays if result.arrays is not None else initial
-    if writer is not None and out is not None:
-        paths["model"] = report.write_model(out, final_arrays)
-    return RunResult(config=cfg, history=recorder.records, arrays=final_arrays, summary=summary,
-                     out_dir=out, paths=paths, flower_result=result)
+            paths["label_distribution"] = report.plot_label_distribution(setup.data.label_counts(), out)
+        paths["model"] = report.write_model(out, final)
+    return RunResult(config=cfg, history=recorder.records, arrays=final, summary=summary, out_dir=out, paths=paths,
+                     flower_result=result, stopped=stopped)
 
 
-def make_prober(cfg: Config, data: Any, server_model: torch.nn.Module, lora_mode: bool, out: Path | None) -> Any:
-    """The attack probe: the attacker builds the same architecture (adapters included)."""
-    import copy
-
+def make_prober(cfg: Config, setup: RunSetup, out: Path | None) -> Any:
+    """The attack probe: the attacker builds the same architecture (adapters included)
+    from the model's description alone, never from data."""
     from fedsim.scenarios.attacks.probe import ProbeRunner
 
-    if lora_mode:
-        template = copy.deepcopy(server_model)
-
-        def build() -> torch.nn.Module:
-            return copy.deepcopy(template)
-    else:
-        def build() -> torch.nn.Module:
-            return build_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes)
-
-    runner = ProbeRunner(cfg.probe, seed=cfg.run.seed, data=data, client_cfg=cfg.client, build_model=build,
-                         lora=lora_mode, out_dir=out)
+    runner = ProbeRunner(cfg.probe, seed=cfg.run.seed, data=setup.data, client_cfg=cfg.client,
+                         build_model=setup.model_builder(), lora=setup.adapters is not None, out_dir=out)
     runner.check_model()  # an attack that cannot work on this model fails before any training
     return runner
-
-
-def warm_up(model: torch.nn.Module, data: Any, cfg: Config) -> None:
-    """Zhao et al.'s server warm-up: train the initial global model on the shared set G."""
-    from fedsim.clients import trainer
-
-    s = cfg.data.sharing
-    x, y = data.shared()
-    settings = trainer.TrainSettings(epochs=s.warmup_epochs, batch_size=cfg.client.batch_size,
-                                     lr=s.warmup_lr or cfg.client.lr, momentum=cfg.client.momentum,
-                                     weight_decay=cfg.client.weight_decay)
-    trainer.train(model, x, y, settings, seeding.torch_generator(cfg.run.seed, 0, seeding.SERVER, "warm-up"))
 
 
 def _executor_kwargs(cfg: Config) -> dict[str, Any]:

@@ -130,7 +130,7 @@ class Sweep:
 
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
-    from fedsim.config import apply_overrides
+    from fedsim.core.overrides import apply_overrides
 
     raw = apply_overrides(load_toml(path), overrides or [])
     if "sweep" not in raw:

@@ -19,10 +19,25 @@ from typing import Any
 import numpy as np
 
 from fedsim.core.errors import ConfigError
-from fedsim.core.registry import PluginRegistry
+from fedsim.core.plugins import call_with
+from fedsim.core.registry import PathContract, PluginRegistry
 from fedsim.core.schema import Named, option
 
-DISTRIBUTIONS = PluginRegistry("distribution")
+def _adapt(obj: Any, target: str, field: str) -> Callable[..., np.ndarray]:
+    if not callable(obj):
+        raise ConfigError(field, target, "must be a function sample(rng, n, **params) -> n values")
+
+    def sample_user(params: Any, rng: np.random.Generator, n: int) -> np.ndarray:
+        values = np.asarray(call_with(obj, params, rng=rng, n=n), dtype=np.float64).reshape(-1)
+        if values.shape != (n,) or np.isnan(values).any():
+            raise ConfigError(field, target, f"must return {n} numbers, got shape {values.shape}")
+        return values
+
+    return sample_user
+
+
+#: A user's distribution by path: ``fn(rng, n, **params)`` returning ``n`` values.
+DISTRIBUTIONS = PluginRegistry("distribution", PathContract(adapt=_adapt, provided=("rng", "n")))
 
 
 def register_distribution(name: str, params: type) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
@@ -188,6 +203,7 @@ def _resolver(kind: str, ok: Callable[[float], bool], rule: str) -> Callable[[st
                 raise ConfigError(f"{path}.{where}", value, f"{kind} must be {rule}")
         return params
 
+    resolve.registry = DISTRIBUTIONS  # type: ignore[attr-defined]  (see fedsim.core.schema.iter_named)
     return resolve
 
 

@@ -1,8 +1,8 @@
 """The federated view of a dataset: the server's test set and each client's train/test split.
 
-Built once per process from the data section and the run seed (``federated_data``
+Built once per process from the data section and the data seed (``federated_data``
 caches it), so Ray actors and the server derive identical partitions without shipping
-data around.
+data around. The scenario's ``[data]`` section (`DataSection`) lives here, with the data.
 """
 
 from __future__ import annotations
@@ -14,9 +14,41 @@ import numpy as np
 import torch
 
 from fedsim.core import seeding
-from fedsim.config import DataSection
+from fedsim.core.schema import Named, named, option
 from fedsim.scenarios.datasets import Dataset, load_dataset
 from fedsim.scenarios.partitioners import partition
+
+
+@dataclasses.dataclass(frozen=True)
+class SharingSection:
+    """Zhao et al. 2018: a globally shared, class-balanced set G held by the server."""
+
+    beta: float | None = option(None, gt=0.0, le=1.0, doc="|G| = beta x |training data|; unset = no sharing")
+    alpha: float = option(1.0, ge=0.0, le=1.0, doc="each client receives a random alpha-portion of G, once")
+    warmup_epochs: int = option(0, ge=0, le=100_000, doc="train the initial global model on G first")
+    warmup_lr: float | None = option(None, gt=0.0, doc="warm-up learning rate; unset = client.lr")
+
+    @property
+    def enabled(self) -> bool:
+        return self.beta is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    dataset: Named = named("dataset", "fedsim.scenarios.datasets:resolve_dataset_params")
+    partitioner: Named = named("partitioner", "fedsim.scenarios.partitioners:resolve_partitioner_params", "iid")
+    num_clients: int = option(10, ge=1, le=10_000_000)
+    server_test_fraction: float = option(0.2, gt=0.0, lt=1.0,
+                                         doc="held out for the server when the dataset has no official test split")
+    client_test_fraction: float = option(0.2, ge=0.0, lt=1.0, doc="each client's local test split")
+    use_official_test: bool = option(True, doc="use the dataset's own test split as the server's test set")
+    seed: int | None = option(None, ge=0, lt=2**32, doc="draws the dataset and the partition; unset = run.seed "
+                                                        "(the run seed always draws the simulation)")
+    sharing: SharingSection = SharingSection()
+
+    def data_seed(self, run_seed: int) -> int:
+        """The seed of the dataset and the partition: ``data.seed``, else the run seed."""
+        return run_seed if self.seed is None else self.seed
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from fedsim.core import seeding
-from fedsim.config import DataSection
+from fedsim.scenarios.federation import DataSection
 from fedsim.core.errors import ConfigError
 from fedsim.scenarios.datasets.synthetic import SyntheticParams
 

@@ -22,11 +22,27 @@ import numpy as np
 
 from fedsim.core import seeding
 from fedsim.core.errors import ConfigError
-from fedsim.core.registry import PluginRegistry
+from fedsim.core.plugins import call_with
+from fedsim.core.registry import PathContract, PluginRegistry
 from fedsim.core.schema import Named, named, option
 from fedsim.scenarios.distributions import ConstantParams, sample
 
-LOSS_MODELS = PluginRegistry("loss model")
+def _adapt(obj: Any, target: str, field: str) -> Callable[..., np.ndarray]:
+    if not callable(obj):
+        raise ConfigError(field, target, "must be a function draw(rng, m, state, **params) -> m booleans")
+
+    def draw_user(params: Any, rng: np.random.Generator, m: int, state: list[bool]) -> np.ndarray:
+        lost = np.asarray(call_with(obj, params, rng=rng, m=m, state=state), dtype=bool).reshape(-1)
+        if lost.shape != (m,):
+            raise ConfigError(field, target, f"must return {m} booleans (one per transmission), got {lost.shape}")
+        return lost
+
+    return draw_user
+
+
+#: A user's loss model by path: ``fn(rng, m, state, **params)`` -> a lost mask for ``m``
+#: transmissions in order (``state`` is a one-element list the model may keep, e.g. Good/Bad).
+LOSS_MODELS = PluginRegistry("loss model", PathContract(adapt=_adapt, provided=("rng", "m", "state")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +86,9 @@ def register_loss_model(name: str, params: type) -> Callable[[LossDraw], LossDra
 
 def resolve_loss(name: str, raw: Mapping[str, Any], path: str) -> Any:
     return LOSS_MODELS.resolve_params(name, raw, path)
+
+
+resolve_loss.registry = LOSS_MODELS  # type: ignore[attr-defined]  (see fedsim.core.schema.iter_named)
 
 
 @register_loss_model("none", NoLossParams)

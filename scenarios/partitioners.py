@@ -4,6 +4,13 @@ Each is registered with ``@register_partitioner(name, params=...)`` and called a
 ``fn(y, groups, num_clients, params, rng) -> list[index array]``. Every partitioner
 returns disjoint index arrays (sorted) whose sizes sum to the dataset, and raises a
 `ConfigError` when its parameters cannot be met.
+
+A user's partitioner by path (``data.partitioner = { name = "my_pkg.split:by_site", ... }``)
+is called with keywords: ``labels`` (int64 array), ``num_clients``, ``rng`` (a seeded
+``numpy.random.Generator``), ``groups`` (each sample's natural owner, or None) — each only
+if it takes that parameter — plus its own arguments from the scenario. It returns one
+sequence of sample indices per client; `partition` checks that they are in range and
+disjoint (a sample may be left unused).
 """
 
 from __future__ import annotations
@@ -15,14 +22,27 @@ from typing import Any
 import numpy as np
 
 from fedsim.core.errors import ConfigError
-from fedsim.core.registry import PluginRegistry
+from fedsim.core.plugins import call_with
+from fedsim.core.registry import PathContract, PluginRegistry
 from fedsim.core.schema import option
 
 Partition = list[np.ndarray]
 PartitionFn = Callable[[np.ndarray, "np.ndarray | None", int, Any, np.random.Generator], Partition]
 
 
-PARTITIONERS = PluginRegistry("partitioner")
+def _adapt(obj: Any, target: str, field: str) -> PartitionFn:
+    if not callable(obj):
+        raise ConfigError(field, target, "must be a function returning one index array per client")
+
+    def split(y: np.ndarray, groups: np.ndarray | None, num_clients: int, params: Any,
+              rng: np.random.Generator) -> Partition:
+        return call_with(obj, params, labels=y, num_clients=num_clients, rng=rng, groups=groups)
+
+    return split
+
+
+PARTITIONERS = PluginRegistry("partitioner", PathContract(adapt=_adapt,
+                                                          provided=("labels", "num_clients", "rng", "groups")))
 
 
 def register_partitioner(name: str, params: type) -> Callable[[PartitionFn], PartitionFn]:
@@ -34,6 +54,9 @@ def resolve_partitioner_params(name: str, raw: Mapping[str, Any], path: str) -> 
     return PARTITIONERS.resolve_params(name, raw, path)
 
 
+resolve_partitioner_params.registry = PARTITIONERS  # type: ignore[attr-defined]
+
+
 def partition(name: str, params: Any, y: np.ndarray, groups: np.ndarray | None, num_clients: int,
               rng: np.random.Generator) -> Partition:
     """Split indices ``0..len(y)-1`` among ``num_clients`` clients."""
@@ -41,7 +64,31 @@ def partition(name: str, params: Any, y: np.ndarray, groups: np.ndarray | None, 
         raise ConfigError("data.num_clients", num_clients,
                           f"must be <= the {len(y)} training samples available")
     parts = PARTITIONERS.get(name, "data.partitioner.name").fn(y, groups, num_clients, params, rng)
-    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+    return checked(parts, name, len(y), num_clients)
+
+
+def checked(parts: Any, name: str, n: int, num_clients: int) -> Partition:
+    """Sorted int64 index arrays, one per client, in range and disjoint; else a one-line error."""
+    field = "data.partitioner.name"
+    if isinstance(parts, np.ndarray) or not hasattr(parts, "__len__") or isinstance(parts, (str, bytes)):
+        raise ConfigError(field, name, f"returned a {type(parts).__name__}; expected one index array per client")
+    if len(parts) != num_clients:
+        raise ConfigError(field, name, f"returned {len(parts)} index arrays for {num_clients} clients")
+    out = []
+    for cid, p in enumerate(parts):
+        raw = np.asarray(p.detach().cpu().numpy() if hasattr(p, "detach") else p)
+        if raw.size and (raw.ndim != 1 or raw.dtype.kind not in "iu"):
+            raise ConfigError(field, name, f"client {cid}'s indices are not a 1-d integer array "
+                                           f"(dtype {raw.dtype}, shape {raw.shape})")
+        idx = np.sort(raw.astype(np.int64).reshape(-1))
+        if idx.size and (idx[0] < 0 or idx[-1] >= n):
+            raise ConfigError(field, name, f"client {cid} has index {int(idx[0] if idx[0] < 0 else idx[-1])} "
+                                           f"outside 0..{n - 1}")
+        out.append(idx)
+    every = np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+    if len(np.unique(every)) != len(every):
+        raise ConfigError(field, name, "gives some samples to more than one client (index arrays must be disjoint)")
+    return out
 
 
 def _split_by_counts(indices: np.ndarray, counts: np.ndarray) -> Partition:

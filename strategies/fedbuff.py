@@ -52,6 +52,17 @@ class _Loop:
 
 @register_strategy("fedbuff")
 class FedBuff(Strategy):
+    fedsim_arg_rules = {
+        "concurrency": (lambda v: v >= 1, "must be >= 1"),
+        "buffer_size": (lambda v: v >= 1, "must be >= 1 (K)"),
+        "server_lr": (lambda v: v > 0, "must be > 0"),
+        "staleness": (lambda v: v in ("constant", "polynomial", "hinge"), "must be one of constant, polynomial, hinge"),
+        "staleness_a": (lambda v: v >= 0, "must be >= 0"),
+        "staleness_b": (lambda v: v >= 0, "must be >= 0"),
+        "fraction_evaluate": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+        "min_evaluate_nodes": (lambda v: v >= 0, "must be >= 0"),
+    }
+
     def __init__(
         self,
         *,

@@ -24,6 +24,8 @@ from fedsim.strategies.registry import register_strategy
 class FedNova(FedAvg):
     """FedAvg with FedNova's normalized aggregation; ``momentum`` is the clients' SGD momentum."""
 
+    fedsim_arg_rules = {"momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)")}
+
     def __init__(self, *, momentum: float = 0.0, steps_key: str = keys.STEPS, **kwargs) -> None:  # type: ignore[no-untyped-def]
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")

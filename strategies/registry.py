@@ -19,12 +19,20 @@ from flwr.serverapp import strategy as flwr_strategy
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.core.errors import ConfigError
+from fedsim.core.plugins import is_path
 from fedsim.core.registry import Registry
 from fedsim.core.schema import coerce
 
 StrategyFactory = Callable[..., Strategy]
 
-STRATEGIES: Registry[StrategyFactory] = Registry("strategy")
+
+def _load_class(obj: Any, target: str, field: str) -> StrategyFactory:
+    if not (inspect.isclass(obj) and issubclass(obj, Strategy)):
+        raise ConfigError(field, target, "is not a flwr.serverapp.strategy.Strategy subclass")
+    return obj
+
+
+STRATEGIES: Registry[StrategyFactory] = Registry("strategy", load=_load_class)
 
 FLOWER_BUILTINS = (
     "FedAvg", "FedProx", "FedAdam", "FedYogi", "FedAdagrad", "FedAvgM", "FedMedian",
@@ -41,77 +49,80 @@ def register_strategy(name: str) -> Callable[[StrategyFactory], StrategyFactory]
 
 def _load_ours() -> None:
     """Import fedsim's own strategies so they register (kept out of import cycles)."""
-    import importlib
-
     for module in OURS:
         importlib.import_module(module)
 
 
 OURS = ("fedsim.strategies.fednova", "fedsim.strategies.fedbuff")
 
+Rule = tuple[Callable[[Any], bool], str]
 
-# Ranges for argument names that Flower's strategies share.
-_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "fraction_train": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
-    "fraction_evaluate": (lambda v: 0 <= v <= 1, "must be in (0, 1], or 0 to skip federated evaluation"),
-    "min_train_nodes": (lambda v: v >= 0, "must be >= 0"),
-    "min_evaluate_nodes": (lambda v: v >= 0, "must be >= 0"),
-    "min_available_nodes": (lambda v: v >= 0, "must be >= 0"),
-    "proximal_mu": (lambda v: v >= 0, "must be >= 0"),
-    "eta": (lambda v: v > 0, "must be > 0"),
-    "eta_l": (lambda v: v > 0, "must be > 0"),
-    "beta_1": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
-    "beta_2": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
-    "tau": (lambda v: v > 0, "must be > 0"),
-    "server_learning_rate": (lambda v: v > 0, "must be > 0"),
-    "server_momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
-    "beta": (lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
-    "num_malicious_nodes": (lambda v: v >= 0, "must be >= 0"),
-    "num_nodes_to_select": (lambda v: v >= 0, "must be >= 0"),
-    "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
-    "concurrency": (lambda v: v >= 1, "must be >= 1"),
-    "buffer_size": (lambda v: v >= 1, "must be >= 1 (K)"),
-    "staleness": (lambda v: v in ("constant", "polynomial", "hinge"), "must be one of constant, polynomial, hinge"),
-    "staleness_a": (lambda v: v >= 0, "must be >= 0"),
-    "staleness_b": (lambda v: v >= 0, "must be >= 0"),
-    "noise_multiplier": (lambda v: v >= 0, "must be >= 0"),
-    "clipping_norm": (lambda v: v > 0, "must be > 0"),
-    "initial_clipping_norm": (lambda v: v > 0, "must be > 0"),
-    "num_sampled_clients": (lambda v: v >= 1, "must be >= 1"),
-    "target_clipped_quantile": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+
+def _rules(**rules: Rule) -> dict[str, Rule]:
+    return rules
+
+
+_FRACTION: Rule = (lambda v: 0 < v <= 1, "must be in (0, 1]")
+_COUNT: Rule = (lambda v: v >= 0, "must be >= 0")
+_POSITIVE: Rule = (lambda v: v > 0, "must be > 0")
+_UNIT: Rule = (lambda v: 0 <= v < 1, "must be in [0, 1)")
+
+#: Argument ranges of Flower's strategies, owned by the class that declares the argument
+#: (and inherited by Flower's own subclasses). A user's strategy is checked against its own
+#: signature only: an argument it declares itself never meets these rules; one it passes
+#: on to a Flower base class through ``**kwargs`` does. Our strategies and a user's may
+#: declare ``fedsim_arg_rules = {"name": (predicate, "must be ...")}`` on the class.
+FLOWER_RULES: dict[type, dict[str, Rule]] = {
+    flwr_strategy.FedAvg: _rules(
+        fraction_train=_FRACTION,
+        fraction_evaluate=(lambda v: 0 <= v <= 1, "must be in (0, 1], or 0 to skip federated evaluation"),
+        min_train_nodes=_COUNT, min_evaluate_nodes=_COUNT, min_available_nodes=_COUNT),
+    flwr_strategy.FedProx: _rules(proximal_mu=_COUNT),
+    flwr_strategy.FedAdam: _rules(eta=_POSITIVE, eta_l=_POSITIVE, beta_1=_UNIT, beta_2=_UNIT, tau=_POSITIVE),
+    flwr_strategy.FedYogi: _rules(eta=_POSITIVE, eta_l=_POSITIVE, beta_1=_UNIT, beta_2=_UNIT, tau=_POSITIVE),
+    flwr_strategy.FedAdagrad: _rules(eta=_POSITIVE, eta_l=_POSITIVE, tau=_POSITIVE),
+    flwr_strategy.FedAvgM: _rules(server_learning_rate=_POSITIVE, server_momentum=_UNIT),
+    flwr_strategy.FedTrimmedAvg: _rules(beta=(lambda v: 0 <= v < 0.5, "must be in [0, 0.5)")),
+    flwr_strategy.MultiKrum: _rules(num_malicious_nodes=_COUNT, num_nodes_to_select=_COUNT),
+    flwr_strategy.Bulyan: _rules(num_malicious_nodes=_COUNT),
+    flwr_strategy.QFedAvg: _rules(client_learning_rate=_POSITIVE, q=_COUNT),
+    flwr_strategy.DifferentialPrivacyServerSideFixedClipping: _rules(
+        noise_multiplier=_COUNT, clipping_norm=_POSITIVE, num_sampled_clients=(lambda v: v >= 1, "must be >= 1")),
+    flwr_strategy.DifferentialPrivacyClientSideFixedClipping: _rules(
+        noise_multiplier=_COUNT, clipping_norm=_POSITIVE, num_sampled_clients=(lambda v: v >= 1, "must be >= 1")),
+    flwr_strategy.DifferentialPrivacyServerSideAdaptiveClipping: _rules(
+        noise_multiplier=_COUNT, num_sampled_clients=(lambda v: v >= 1, "must be >= 1"),
+        initial_clipping_norm=_POSITIVE, target_clipped_quantile=(lambda v: 0 <= v <= 1, "must be in [0, 1]")),
+    flwr_strategy.DifferentialPrivacyClientSideAdaptiveClipping: _rules(
+        noise_multiplier=_COUNT, num_sampled_clients=(lambda v: v >= 1, "must be >= 1"),
+        initial_clipping_norm=_POSITIVE, target_clipped_quantile=(lambda v: 0 <= v <= 1, "must be in [0, 1]")),
 }
+
+
+def rule_for(owner: type | None, arg: str) -> Rule | None:
+    """The range rule of argument ``arg`` as declared by ``owner`` (the class whose
+    signature declares it): Flower's table along Flower's own class tree, else the
+    owner's ``fedsim_arg_rules`` (not inherited)."""
+    if owner is None:
+        return None
+    if owner.__module__.startswith("flwr."):
+        for cls in owner.__mro__:
+            rule = FLOWER_RULES.get(cls, {}).get(arg)
+            if rule is not None:
+                return rule
+        return None
+    own = vars(owner).get("fedsim_arg_rules")
+    return own.get(arg) if isinstance(own, Mapping) else None
+
 
 _SCALARS = (bool, int, float, str)
 
 
 def resolve_class(name: str, field: str) -> StrategyFactory:
     """A registered name, or ``package.module:Class`` for a user's own Strategy."""
-    if ":" in name:
-        module_name, _, attr = name.partition(":")
-        _working_directory_on_path()
-        try:
-            module = importlib.import_module(module_name)
-        except Exception as exc:  # noqa: BLE001 - report any import failure as config error
-            raise ConfigError(field, name, f"cannot import module {module_name!r} ({type(exc).__name__}: {exc})") from None
-        obj = module
-        for part in attr.split("."):
-            if not hasattr(obj, part):
-                raise ConfigError(field, name, f"module {module_name!r} has no attribute {attr!r}")
-            obj = getattr(obj, part)
-        if not (inspect.isclass(obj) and issubclass(obj, Strategy)):
-            raise ConfigError(field, name, "is not a flwr.serverapp.strategy.Strategy subclass")
-        return obj
-    _load_ours()
+    if not is_path(name):
+        _load_ours()
     return STRATEGIES.get(name, field)
-
-
-def _working_directory_on_path() -> None:
-    """``module:Class`` paths resolve from the working directory, as Flower's app paths do."""
-    import os
-    import sys
-
-    if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
 
 
 def _hints(factory: Any) -> dict[str, Any]:
@@ -131,11 +142,14 @@ def _configurable(tp: Any) -> bool:
     return False
 
 
-def _parameters(factory: StrategyFactory) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
-    """Keyword parameters and their type hints; a class whose ``__init__`` takes
-    ``**kwargs`` also accepts (and is checked against) its base classes' parameters."""
+def _parameters(factory: StrategyFactory
+                ) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool, dict[str, type | None]]:
+    """Keyword parameters, their type hints and the class declaring each; a class whose
+    ``__init__`` takes ``**kwargs`` also accepts (and is checked against) its base classes'
+    parameters."""
     params: dict[str, inspect.Parameter] = {}
     hints: dict[str, Any] = {}
+    owners: dict[str, type | None] = {}
     classes = [c for c in factory.__mro__ if "__init__" in vars(c)] if inspect.isclass(factory) else [factory]
     open_ended = False
     for cls in classes:
@@ -143,12 +157,13 @@ def _parameters(factory: StrategyFactory) -> tuple[dict[str, inspect.Parameter],
         for p in sig.parameters.values():
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self" and p.name not in params:
                 params[p.name] = p
+                owners[p.name] = cls if inspect.isclass(cls) else None
         for k, v in _hints(cls).items():
             hints.setdefault(k, v)
         open_ended = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
         if not open_ended or cls in (Strategy, object):
             break
-    return params, hints, open_ended and not inspect.isclass(factory)
+    return params, hints, open_ended and not inspect.isclass(factory), owners
 
 
 def resolve_strategy_args(name: str, raw: Mapping[str, Any], path: str) -> "StrategyArgs":
@@ -171,9 +186,12 @@ def resolve_strategy_args(name: str, raw: Mapping[str, Any], path: str) -> "Stra
                         wrapper_args=types.MappingProxyType(wargs))
 
 
+resolve_strategy_args.registry = STRATEGIES  # type: ignore[attr-defined]  (see fedsim.core.schema.iter_named)
+
+
 def _check_args(factory: StrategyFactory, name: str, raw: Mapping[str, Any], path: str,
                 skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    params, hints, has_var_kw = _parameters(factory)
+    params, hints, has_var_kw, owners = _parameters(factory)
     for k in skip:
         params.pop(k, None)
     allowed = [n for n, p in params.items() if n not in hints or _configurable(hints[n])]
@@ -189,8 +207,9 @@ def _check_args(factory: StrategyFactory, name: str, raw: Mapping[str, Any], pat
             raise ConfigError(field, value, "takes a Python object and cannot be set from a scenario file")
         if key in hints:
             value = coerce(field, value, hints[key])
-        if key in _RANGES and not isinstance(value, bool):
-            ok, text = _RANGES[key]
+        rule = rule_for(owners.get(key), key)
+        if rule is not None and not isinstance(value, bool) and isinstance(value, (int, float, str)):
+            ok, text = rule
             if not ok(value):
                 raise ConfigError(field, value, text)
         args[key] = value
@@ -243,7 +262,7 @@ def build_strategy(name: str, args: "StrategyArgs | Mapping[str, Any]") -> Strat
 
 def effective_args(name: str, args: "StrategyArgs") -> dict[str, Any]:
     """The constructor's defaults overlaid with the scenario's arguments."""
-    params, _, _ = _parameters(resolve_class(name, "strategy.name"))
+    params, _, _, _ = _parameters(resolve_class(name, "strategy.name"))
     out = {p.name: p.default for p in params.values() if p.default is not inspect.Parameter.empty}
     out.update(args.args)
     return out

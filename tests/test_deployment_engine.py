@@ -17,9 +17,9 @@ import pytest
 from flwr.common.config import get_fused_config_from_dir, get_project_config, validate_config
 
 import fedsim
-from fedsim.clients.runconfig import from_run_config, to_run_config
+from fedsim.clients import spec as client_spec
 from fedsim.config import load_config
-from fedsim.deployment import CONNECTION, RESULT_PREFIX, run_config, simulation_only, write_app
+from fedsim.deployment import from_run_config, CONNECTION, RESULT_PREFIX, run_config, simulation_only, write_app
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -54,7 +54,10 @@ def test_app_carries_the_scenario_as_the_clientapp_sees_it(tmp_path: Path) -> No
     # Flower's own parsing (what the ServerApp's and ClientApp's Context.run_config hold).
     seen = get_fused_config_from_dir(app, {})
     assert seen == run_config(cfg)
-    assert {k: seen[k] for k in to_run_config(cfg)} == to_run_config(cfg)
+    client_keys = client_spec.to_run_config(cfg.client_spec())
+    assert {k: seen[k] for k in client_keys} == client_keys
+    # The ClientApp reads its contract from the app's config and ignores the server's keys.
+    assert client_spec.from_run_config(seen) == cfg.client_spec()
     back = from_run_config(seen)  # [executor], [ray] and [report] do not travel: they are fedsim's own
     assert all(getattr(back, f) == getattr(cfg, f) for f in cfg.__dataclass_fields__ if f not in ("executor", "ray", "report"))
     # `flwr run --run-config` overrides arrive as Flower parses them, and still rebuild the scenario.

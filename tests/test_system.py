@@ -16,7 +16,7 @@ from fedsim.engine.executors import AppRef
 from fedsim.engine.executors.serial import SerialExecutor
 from fedsim.engine.grid import NODE_ID_OFFSET, Exchange, SimulationGrid
 from fedsim.engine.metrics import SYSTEM_COUNTS, WALL_FIELDS
-from fedsim.engine.policies import RoundSection, select
+from fedsim.engine.policies import POLICIES, RoundPolicy, RoundSection, Selection
 from fedsim.core.schema import parse
 from fedsim.engine.system import SystemModel
 from fedsim.scenarios.devices import DevicesSection
@@ -48,6 +48,10 @@ def train_messages(grid: SimulationGrid, nodes: list[int] | None = None) -> list
 
 
 # --------------------------------------------------------------------- policies
+def select(policy: str, arrivals: list[float], deadline: float | None, keep: int | None = None) -> Selection:
+    return RoundSection(policy=policy, deadline=deadline or 1.0).make().select(arrivals, deadline, keep)
+
+
 def test_select_by_hand() -> None:
     inf = math.inf
     assert select("wait_all", [1.0, 3.0, inf], None).kept == [0, 1]

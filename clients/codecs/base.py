@@ -20,12 +20,18 @@ import numpy as np
 
 from fedsim.core import seeding
 from fedsim.core.errors import ConfigError
-from fedsim.core.registry import PluginRegistry
+from fedsim.core.registry import PathContract, PluginRegistry, subclass_of
 from fedsim.core.schema import Named
 
 Arrays = dict[str, np.ndarray]
 
-CODECS = PluginRegistry("codec")
+def _adapt(obj: Any, target: str, field: str) -> Any:
+    return subclass_of(Codec, "a codec is built as cls(params)")(obj, target, field)
+
+
+#: A user's codec by path is a `Codec` subclass; its ``Params`` dataclass (if it declares
+#: one) checks the scenario's keys, else they reach it as attributes of ``self.params``.
+CODECS = PluginRegistry("codec", PathContract(adapt=_adapt, params="class"))
 
 #: Reply record marking an encoded payload (so replies of other ClientApps pass untouched).
 MARKER = "fedsim-codec"
@@ -40,6 +46,9 @@ def resolve_codec(name: str, raw: Mapping[str, Any], path: str) -> Any:
     import fedsim.clients.codecs  # noqa: F401  (registers every codec, "lora" included)
 
     return CODECS.resolve_params(name, raw, path)
+
+
+resolve_codec.registry = CODECS  # type: ignore[attr-defined]  (see fedsim.core.schema.iter_named)
 
 
 @dataclasses.dataclass

@@ -12,6 +12,7 @@ ENCODE_SECONDS = "encode-seconds"  # wall seconds spent encoding the update
 EVAL_LOSS = "eval_loss"
 EVAL_ACC = "eval_acc"
 PROXIMAL_MU = "proximal-mu"
+LABEL_FLIP = "fedsim-label-flip"  # a Byzantine label-flipping client (scenarios.byzantine)
 
 # Train-config overrides a ClientApp accepts from the strategy's ConfigRecord.
 LR = "lr"

@@ -11,7 +11,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar, get_args, get_origin
 
 from fedsim.core.errors import MISSING, ConfigError
@@ -47,9 +47,11 @@ class Named:
 def named(kind: str, resolver: str, default: Any = dataclasses.MISSING) -> Any:
     """A field holding a registry choice, written as ``"name"`` or ``{name = ..., param = ...}``.
 
-    ``resolver`` is ``"module:function"``; the function takes ``(name, params, path)`` and
-    returns the validated parameters (it is imported lazily, when parsing). ``default``
-    is a name or an already resolved `Named`.
+    ``resolver`` is ``"module:attr"``: a callable taking ``(name, params, path)`` and
+    returning the validated parameters (imported lazily, when parsing), usually a
+    `fedsim.core.registry.PluginRegistry`; its ``registry`` attribute (if any) is the
+    registry the name is looked up in (see `iter_named`). ``default`` is a name or an
+    already resolved `Named`.
     """
     return dataclasses.field(default=default, metadata={"named": kind, "resolver": resolver})
 
@@ -77,7 +79,6 @@ def _parse_named_list(path: str, value: Any, meta: Mapping[str, Any]) -> tuple[N
 
 
 def _parse_named(path: str, value: Any, meta: Mapping[str, Any], default: Any = dataclasses.MISSING) -> Named:
-    import importlib
 
     kind = meta["named"]
     if isinstance(value, Named):
@@ -94,10 +95,35 @@ def _parse_named(path: str, value: Any, meta: Mapping[str, Any], default: Any = 
         raise ConfigError(f"{path}.name", MISSING, f"required: the {kind} to use")
     if not isinstance(name, str):
         raise ConfigError(f"{path}.name", name, f"must be a {kind} name (a string)")
-    module, func = meta["resolver"].split(":")
-    resolve = getattr(importlib.import_module(module), func)
+    resolve = resolver_of(meta)
     key = name if ":" in name else name.lower()
     return Named(name=key, params=resolve(name, raw, path))
+
+
+def resolver_of(meta: Mapping[str, Any]) -> Any:
+    import importlib
+
+    module, func = meta["resolver"].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def iter_named(obj: Any) -> Iterator[tuple[Any, Named]]:
+    """Every registry choice in a parsed dataclass tree: ``(registry, Named)`` pairs, where
+    ``registry`` is the resolver's ``registry`` attribute (None if it has none)."""
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        return
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get("named"):
+            registry = getattr(resolver_of(f.metadata), "registry", None)
+            for item in (value if isinstance(value, tuple) else (value,)):
+                if isinstance(item, Named):
+                    yield registry, item
+        elif isinstance(value, tuple):
+            for item in value:
+                yield from iter_named(item)
+        else:
+            yield from iter_named(value)
 
 
 def _num(v: float) -> str:

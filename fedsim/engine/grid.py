@@ -32,7 +32,6 @@ from fedsim.engine.clock import VirtualClock
 from fedsim.engine.executors.base import Executor, Task, TaskResult, error_reply
 from fedsim.core.arrays import array_view
 from fedsim.engine.payload import implausible
-from fedsim.engine.policies import select
 from fedsim.engine.system import DROPOUT, MODEL_LOST, OK, REPLY_LOST, UNAVAILABLE, Dispatch, SystemModel, overcommit_nodes
 from fedsim.core.records import array_bytes, arrays_of, configs_of, metrics_of
 
@@ -317,38 +316,28 @@ class SimulationGrid(Grid):
             by_phase.setdefault(msg.metadata.message_type, []).append((mid, msg))
         return by_phase
 
-    def _exchange(self, phase: str, items: list[tuple[str, Message]], timeout: float | None
-                  ) -> list[tuple[str, Message]]:
-        """Synchronous delivery of one phase's messages under the round policy; the kept replies."""
+    def _round_of(self, phase: str, items: list[tuple[str, Message]]) -> int:
+        """The round these messages belong to (their ``server-round``, else counted)."""
         rnd = next((r for _, m in items if (r := message_round(m)) is not None), None)
         if rnd is None:
             rnd = self._last_round + (1 if phase.startswith("train") else 0)
         self._last_round = rnd
-        system = self.system
-        policy = system.rounds.policy
-        deadline = timeout if system.rounds.uses_deadline else None
+        return rnd
+
+    def _exchange(self, phase: str, items: list[tuple[str, Message]], timeout: float | None
+                  ) -> list[tuple[str, Message]]:
+        """Synchronous delivery of one phase's messages under the round policy; the kept replies."""
+        rnd = self._round_of(phase, items)
+        policy = self.system.policy
+        deadline = timeout if policy.uses_deadline else None
         start = self.clock.now
         for mid, _ in items:
             self._sent_at.pop(mid, None)
         n_asked = len(items)
         items = list(items)
-        extra = 0
-        if policy == "over_select" and phase.startswith("train") and items:
-            chosen = [m.metadata.dst_node_id for _, m in items]
-            more = overcommit_nodes(self.seed, self._exchanges, chosen, self._node_ids,
-                                    math.ceil(len(items) * system.rounds.over_select))
-            template = items[0][1]
-            for node in more:
-                msg = Message(template.content, node, template.metadata.message_type,
-                              group_id=template.metadata.group_id or None)
-                self._seq += 1
-                mid = f"{self._run.run_id:x}-{self._seq:08d}"
-                msg.metadata.__dict__["_message_id"] = mid
-                items.append((mid, msg))
-            extra = len(more)
-
-        sim = self._simulate(phase, rnd, items, [start] * len(items), deadline, policy)
-        sel = select(policy, sim.arrivals, deadline, keep=n_asked if extra else None)
+        extra = self._over_select(phase, items, policy.extra_clients(len(items))) if phase.startswith("train") else 0
+        sim = self._simulate(phase, rnd, items, [start] * len(items), deadline, policy.drops_protocol_stragglers)
+        sel = policy.select(sim.arrivals, deadline, keep=n_asked if extra else None)
         self.clock.advance(sel.wait)
         kept = [(items[i][0], sim.replies[i]) for i in sel.kept if sim.replies[i] is not None]
         self._emit(phase, rnd, items, sim, kept_slots=sel.kept, sampled=n_asked, start=start, waited=sel.wait,
@@ -360,16 +349,29 @@ class SimulationGrid(Grid):
             kept = [(r.metadata.reply_to_message_id, r) for r in reduced]
         return kept
 
+    def _over_select(self, phase: str, items: list[tuple[str, Message]], count: int) -> int:
+        """Add ``count`` more clients (seeded, not already chosen) with the same message; how many were added."""
+        if count <= 0 or not items:
+            return 0
+        chosen = [m.metadata.dst_node_id for _, m in items]
+        more = overcommit_nodes(self.seed, self._exchanges, chosen, self._node_ids, count)
+        template = items[0][1]
+        for node in more:
+            msg = Message(template.content, node, template.metadata.message_type,
+                          group_id=template.metadata.group_id or None)
+            self._seq += 1
+            mid = f"{self._run.run_id:x}-{self._seq:08d}"
+            msg.metadata.__dict__["_message_id"] = mid
+            items.append((mid, msg))
+        return len(more)
+
     def _launch(self, phase: str, items: list[tuple[str, Message]]) -> None:
         """Asynchronous delivery (push/pull): run the messages now, each from its push time;
         replies become pullable at their arrival time. A message that never gets a reply
         (offline, dropped out, lost) yields an error reply when its TTL expires."""
-        rnd = next((r for _, m in items if (r := message_round(m)) is not None), None)
-        if rnd is None:
-            rnd = self._last_round + (1 if phase.startswith("train") else 0)
-        self._last_round = rnd
+        rnd = self._round_of(phase, items)
         starts = [self._sent_at.pop(mid, self.clock.now) for mid, _ in items]
-        sim = self._simulate(phase, rnd, items, starts, None, "wait_all")
+        sim = self._simulate(phase, rnd, items, starts, None, drop_stragglers=False)
         for i, (mid, msg) in enumerate(items):
             reply = sim.replies[i]
             if reply is None or not math.isfinite(sim.arrivals[i]):
@@ -409,24 +411,34 @@ class SimulationGrid(Grid):
             decode_seconds=sim.decode_seconds))
 
     def _simulate(self, phase: str, rnd: int, items: list[tuple[str, Message]], starts: list[float],
-                  deadline: float | None, policy: str) -> "_Simulated":
+                  deadline: float | None, drop_stragglers: bool) -> "_Simulated":
         """Dispatch, run and deliver one phase's messages; arrivals are relative to each start."""
+        sim = _Simulated([math.inf] * len(items), [None] * len(items), {}, 0, 0, 0.0)
+        jobs = self._dispatch(phase, rnd, items, starts, deadline, sim)
+        jobs = self._protocol_stragglers(phase, rnd, jobs, drop_stragglers, sim.counts)
+        results = self._run_in_waves([job.task for job in jobs])
+        references: dict[int, dict[str, np.ndarray]] = {}  # the global model, decoded once per content
+        for job, res in zip(jobs, results):
+            sim.seconds += res.seconds
+            sim.bytes_up += _payload_bytes(res.reply)
+            reply, arrival = self._receive(phase, rnd, job, res.reply, sim, references)
+            sim.replies[job.slot] = reply
+            sim.arrivals[job.slot] = arrival
+        return sim
+
+    def _dispatch(self, phase: str, rnd: int, items: list[tuple[str, Message]], starts: list[float],
+                  deadline: float | None, sim: "_Simulated") -> list["_Job"]:
+        """Each message's fate before its ClientApp runs (node known? online? model arrived?
+        dropout? compute budget?); the messages that reach a ClientApp, as jobs."""
         system = self.system
-        arrivals = [math.inf] * len(items)
-        replies: list[Message | None] = [None] * len(items)
-        counts: dict[str, int] = {}
-        tasks: list[Task] = []
-        task_slots: list[int] = []
-        dispatches: list[Dispatch] = []
-        purposes: list[str] = []
-        bytes_down = bytes_up = 0
+        jobs: list[_Job] = []
         occurrence: dict[int, int] = {}
         down_cache: dict[int, int] = {}
         for slot, (_, msg) in enumerate(items):
             dst = msg.metadata.dst_node_id
             if not (NODE_ID_OFFSET <= dst < NODE_ID_OFFSET + self.num_nodes):
-                replies[slot] = error_reply(msg, ErrorCode.NODE_UNAVAILABLE, f"no node with id {dst}")
-                arrivals[slot] = 0.0
+                sim.replies[slot] = error_reply(msg, ErrorCode.NODE_UNAVAILABLE, f"no node with id {dst}")
+                sim.arrivals[slot] = 0.0
                 continue
             cid = self.partition_id(dst)
             k = occurrence[dst] = occurrence.get(dst, -1) + 1
@@ -436,95 +448,96 @@ class SimulationGrid(Grid):
                 down_bytes = down_cache[id(msg.content)] = array_bytes(msg.content)
             d = system.dispatch(cid, rnd, phase, starts[slot], down_bytes, purpose, deadline)
             if d.down is not None:
-                bytes_down += down_bytes
-                _add(counts, "retransmissions", d.down.retransmissions)
-                _add(counts, "packets_lost", d.down.lost_events)
-                _add(counts, "packets_lost_for_good", len(d.down.lost))
+                sim.bytes_down += down_bytes
+                _count_transfer(sim.counts, d.down)
             if d.status != OK:
-                _add(counts, d.status, 1)
+                _add(sim.counts, d.status, 1)
                 continue
             extra_config = None
             if d.budget is not None:
                 extra_config = {keys.TIME_BUDGET: d.budget, keys.SECONDS_PER_SAMPLE: d.seconds_per_sample}
             node_config = {keys.PARTITION_ID: cid, keys.NUM_PARTITIONS: self.num_nodes}
-            tasks.append(Task(node_id=dst, node_config=node_config, state=self.node_state(dst), message=msg,
-                              extra_config=extra_config))
-            task_slots.append(slot)
-            dispatches.append(d)
-            purposes.append(purpose)
-        # FedProx's straggler protocol: dropped by the deadline policy, partial epochs otherwise.
-        slow = system.stragglers(rnd, phase, [self.partition_id(t.node_id) for t in tasks])
-        if slow:
-            keep_idx = []
-            for i, task in enumerate(tasks):
-                epochs = slow.get(self.partition_id(task.node_id))
-                if epochs is None:
-                    keep_idx.append(i)
-                elif policy == "deadline":
-                    _add(counts, "protocol_stragglers", 1)  # it would not finish: FedAvg drops it
-                else:
-                    task.extra_config = {**(task.extra_config or {}), keys.LOCAL_EPOCHS: epochs}
-                    _add(counts, "partial", 1)
-                    keep_idx.append(i)
-            tasks = [tasks[i] for i in keep_idx]
-            task_slots = [task_slots[i] for i in keep_idx]
-            dispatches = [dispatches[i] for i in keep_idx]
-            purposes = [purposes[i] for i in keep_idx]
-        results = self._run_in_waves(tasks)
-        seconds = decode_seconds = 0.0
-        references: dict[int, dict[str, np.ndarray]] = {}  # the global model, decoded once
-        for slot, task, d, purpose, res in zip(task_slots, tasks, dispatches, purposes, results):
-            seconds += res.seconds
-            cid = self.partition_id(task.node_id)
-            reply = res.reply
-            bytes_up += _payload_bytes(reply)
-            if reply.has_content():
-                bad = non_finite(reply.content)
-                if bad is not None:
-                    reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
-                                        f"reply excluded: non-finite values in {bad}")
-            a = system.arrive(cid, rnd, purpose, task.message, reply, d)
-            if a.up is not None:
-                _add(counts, "retransmissions", a.up.retransmissions)
-                _add(counts, "packets_lost", a.up.lost_events)
-                _add(counts, "packets_lost_for_good", len(a.up.lost))
-            _add(counts, "bit_flips", a.bit_flips)
-            if a.status == REPLY_LOST:
-                _add(counts, REPLY_LOST, 1)
-                continue
-            reply = a.reply
-            if a.status == OK and reply is not None and self.codec and is_encoded(reply):
-                t0 = time.perf_counter()
-                try:
-                    ctx = CodecContext(self.seed, rnd, cid, self._codec_state.setdefault(cid, {}))
-                    ref_key = id(task.message.content)
-                    if ref_key not in references:
-                        references[ref_key] = reference_arrays(task.message)
-                    reply = decode_reply(self.codec, reply, task.message, ctx, references[ref_key])
-                except Exception as exc:  # noqa: BLE001 - a damaged payload must not stop the run
-                    a.reason = f"reply excluded: payload could not be decoded ({type(exc).__name__}: {exc})"
-                    reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, a.reason)
-                decode_seconds += time.perf_counter() - t0
-            if a.status == OK and reply is not None and reply.has_content() and (a.bit_flips or self.codec):
-                bad = non_finite(reply.content)
-                if bad is None and a.bit_flips:  # e.g. a flipped exponent in an encoded scale
-                    bad = implausible(reply.content, task.message.content, system.net.corruption_threshold)
-                if bad is not None:
-                    a.reason = f"reply excluded: corrupted in transit ({a.bit_flips} bit flips; implausible {bad})"
-                    reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, a.reason)
-            if a.reason:
-                _add(counts, "corrupted", 1)
-            if a.status == OK and reply is not None and not reply.has_error() and not a.reason:
-                bad = malformed(reply, task.message)
-                if bad is not None:
-                    reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"reply excluded: {bad}")
-            if (self.probe is not None and phase.startswith("train") and reply is not None
-                    and reply.has_content() and not a.reason):
-                self.probe(rnd, cid, task.message, reply)  # what the server received, decoded
-            replies[slot] = reply
-            arrivals[slot] = a.arrival
+            task = Task(node_id=dst, node_config=node_config, state=self.node_state(dst), message=msg,
+                        extra_config=extra_config)
+            jobs.append(_Job(slot, cid, task, d, purpose))
+        return jobs
 
-        return _Simulated(arrivals, replies, counts, bytes_down, bytes_up, seconds, decode_seconds)
+    def _protocol_stragglers(self, phase: str, rnd: int, jobs: list["_Job"], drop: bool,
+                             counts: dict[str, int]) -> list["_Job"]:
+        """FedProx's straggler protocol: designated stragglers are dropped (``drop``) or told
+        to run fewer local epochs."""
+        slow = self.system.stragglers(rnd, phase, [job.cid for job in jobs])
+        if not slow:
+            return jobs
+        kept = []
+        for job in jobs:
+            epochs = slow.get(job.cid)
+            if epochs is None:
+                kept.append(job)
+            elif drop:
+                _add(counts, "protocol_stragglers", 1)  # it would not finish: FedAvg drops it
+            else:
+                job.task.extra_config = {**(job.task.extra_config or {}), keys.LOCAL_EPOCHS: epochs}
+                _add(counts, "partial", 1)
+                kept.append(job)
+        return kept
+
+    def _receive(self, phase: str, rnd: int, job: "_Job", reply: Message, sim: "_Simulated",
+                 references: dict[int, dict[str, np.ndarray]]) -> tuple[Message | None, float]:
+        """One reply on its way back: finite? uplink (loss, damage), codec decoding,
+        plausibility, shape checks, probes. Returns (the reply the server gets or None
+        if lost for good, its arrival time)."""
+        system, task, counts = self.system, job.task, sim.counts
+        if reply.has_content():
+            bad = non_finite(reply.content)
+            if bad is not None:
+                reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                                    f"reply excluded: non-finite values in {bad}")
+        a = system.arrive(job.cid, rnd, job.purpose, task.message, reply, job.dispatch)
+        if a.up is not None:
+            _count_transfer(counts, a.up)
+        _add(counts, "bit_flips", a.bit_flips)
+        if a.status == REPLY_LOST:
+            _add(counts, REPLY_LOST, 1)
+            return None, a.arrival
+        reply = a.reply
+        ok = a.status == OK and reply is not None
+        if ok and self.codec and is_encoded(reply):
+            t0 = time.perf_counter()
+            reply = self._decode(rnd, job, reply, a, references)
+            sim.decode_seconds += time.perf_counter() - t0
+        if ok and reply.has_content() and (a.bit_flips or self.codec):
+            bad = non_finite(reply.content)
+            if bad is None and a.bit_flips:  # e.g. a flipped exponent in an encoded scale
+                bad = implausible(reply.content, task.message.content, system.net.corruption_threshold)
+            if bad is not None:
+                a.reason = f"reply excluded: corrupted in transit ({a.bit_flips} bit flips; implausible {bad})"
+                reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, a.reason)
+        if a.reason:
+            _add(counts, "corrupted", 1)
+        if ok and not reply.has_error() and not a.reason:
+            bad = malformed(reply, task.message)
+            if bad is not None:
+                reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"reply excluded: {bad}")
+        if (self.probe is not None and phase.startswith("train") and reply is not None
+                and reply.has_content() and not a.reason):
+            self.probe(rnd, job.cid, task.message, reply)  # what the server received, decoded
+        return reply, a.arrival
+
+    def _decode(self, rnd: int, job: "_Job", reply: Message, a: Any,
+                references: dict[int, dict[str, np.ndarray]]) -> Message:
+        """Undo the codec chain (the global model sent is the reference); a damaged payload
+        becomes an error reply."""
+        try:
+            ctx = CodecContext(self.seed, rnd, job.cid, self._codec_state.setdefault(job.cid, {}))
+            ref_key = id(job.task.message.content)
+            if ref_key not in references:
+                references[ref_key] = reference_arrays(job.task.message)
+            assert self.codec is not None
+            return decode_reply(self.codec, reply, job.task.message, ctx, references[ref_key])
+        except Exception as exc:  # noqa: BLE001 - a damaged payload must not stop the run
+            a.reason = f"reply excluded: payload could not be decoded ({type(exc).__name__}: {exc})"
+            return error_reply(job.task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, a.reason)
 
     def _run_in_waves(self, tasks: list[Task]) -> list[TaskResult]:
         """Run tasks; several messages for one node run one after another, as on a SuperNode.
@@ -552,6 +565,17 @@ class SimulationGrid(Grid):
 
 
 @dataclasses.dataclass
+class _Job:
+    """A message that reaches its ClientApp: its slot in the exchange, client, task and fate so far."""
+
+    slot: int
+    cid: int
+    task: Task
+    dispatch: Dispatch
+    purpose: str  # the stream name of this message's random draws (phase, or phase-k for repeats)
+
+
+@dataclasses.dataclass
 class _Simulated:
     arrivals: list[float]  # seconds after each message's start; inf = never
     replies: list[Message | None]
@@ -560,6 +584,12 @@ class _Simulated:
     bytes_up: int
     seconds: float  # wall seconds inside ClientApps
     decode_seconds: float = 0.0  # wall seconds decoding payloads on the server side
+
+
+def _count_transfer(counts: dict[str, int], transfer: Any) -> None:
+    _add(counts, "retransmissions", transfer.retransmissions)
+    _add(counts, "packets_lost", transfer.lost_events)
+    _add(counts, "packets_lost_for_good", len(transfer.lost))
 
 
 def _add(counts: dict[str, int], key: str, n: int) -> None:

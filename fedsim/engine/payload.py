@@ -10,7 +10,6 @@ functions only read or rebuild Flower records; the link model decides what is lo
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 from collections.abc import Callable
 
 import numpy as np

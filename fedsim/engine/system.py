@@ -60,6 +60,7 @@ class SystemModel:
         self.devices = DeviceModel(devices, num_clients, seed)
         self.links = LinkModel(network, num_clients, seed)
         self.rounds = rounds
+        self.policy = rounds.make()
         self.net = network
         self.seed = seed
         max_epochs = devices.straggler_epochs or local_epochs - 1
@@ -71,7 +72,7 @@ class SystemModel:
 
     @property
     def active(self) -> bool:
-        return self.devices.active or self.links.active or self.rounds.policy != "wait_all"
+        return self.devices.active or self.links.active or self.policy.active
 
     def stragglers(self, rnd: int, phase: str, candidates: list[int]) -> dict[int, int]:
         """FedProx's protocol: exactly round(fraction x K) of this round's K training clients
@@ -95,7 +96,7 @@ class SystemModel:
         if self.devices.drops_out(cid, rnd, purpose):
             return Dispatch(DROPOUT, down, spp)
         budget = None
-        if self.rounds.policy == "partial_work" and deadline is not None and phase.startswith("train"):
+        if self.policy.gives_budget and deadline is not None and phase.startswith("train"):
             # The client is told how long it may compute: the deadline minus the model's
             # download and an estimate of the reply's upload (a reply the model's size).
             up_estimate = float(self.links.latency[cid]) + down_bytes / float(self.links.up_bps[cid])

@@ -15,9 +15,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedsim.core.registry import PluginRegistry
+from fedsim.core.registry import PathContract, PluginRegistry, subclass_of
 
-ATTACKS = PluginRegistry("attack")
+def _adapt(obj: Any, target: str, field: str) -> Any:
+    return subclass_of(Attack, "an attack is built as cls(params)")(obj, target, field)
+
+
+#: A user's attack by path is an `Attack` subclass; its ``Params`` dataclass (if it
+#: declares one) checks the scenario's keys, else they reach it as ``self.params``.
+ATTACKS = PluginRegistry("attack", PathContract(adapt=_adapt, params="class"))
 
 
 def register_attack(name: str, params: type) -> Callable[[type], type]:
@@ -29,6 +35,9 @@ def resolve_attack(name: str, raw: Mapping[str, Any], path: str) -> Any:
     import fedsim.scenarios.attacks  # noqa: F401  (registers the attacks)
 
     return ATTACKS.resolve_params(name, raw, path)
+
+
+resolve_attack.registry = ATTACKS  # type: ignore[attr-defined]  (see fedsim.core.schema.iter_named)
 
 
 @dataclasses.dataclass

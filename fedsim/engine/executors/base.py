@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import sys
 import time
 import traceback
@@ -23,15 +22,20 @@ class AppRef:
 
     target: str = "fedsim.clients.app:app"
     paths: tuple[str, ...] = ()
-    faults: Any = None  # a fedsim.faults.FaultsSection: the app is wrapped to misbehave as drawn
+    faults: Any = None  # a FaultsSection: the app is wrapped to misbehave as drawn
     seed: int = 0
-    byzantine: Any = None  # a scenarios.byzantine.ByzantineSection, with the malicious client ids
+    byzantine: Any = None  # a ByzantineSection, with the malicious client ids
     malicious: frozenset[int] = frozenset()
+    #: ``(registry, name, entry)`` registered by a script's or notebook's ``__main__``: a
+    #: process that cannot import ``__main__`` (a Ray actor) registers them before loading.
+    registrations: tuple[tuple[Any, str, Any], ...] = ()
 
     def load(self) -> Any:
         for p in reversed(self.paths):
             if p not in sys.path:
                 sys.path.insert(0, p)
+        for registry, name, entry in self.registrations:
+            registry.add(name, entry)
         app = load_object(self.target, ClientApp, "client.app")
         if self.byzantine is not None and self.malicious:
             from fedsim.scenarios.byzantine import ByzantineApp
@@ -46,20 +50,9 @@ class AppRef:
 
 def load_object(target: str, kind: type, field: str) -> Any:
     """Import ``module:attribute`` (resolved from the working directory too) and check its type."""
-    import os
+    from fedsim.core.plugins import load_attr
 
-    if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
-    module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - any import failure is a config error for the user
-        raise ConfigError(field, target, f"cannot import {module_name!r} ({type(exc).__name__}: {exc})") from None
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ConfigError(field, target, f"module {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
+    obj = load_attr(target, field)
     if not isinstance(obj, kind):
         raise ConfigError(field, target, f"is a {type(obj).__name__}, not a Flower {kind.__name__}")
     return obj

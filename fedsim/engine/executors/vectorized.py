@@ -56,7 +56,7 @@ class VectorizedExecutor(SerialExecutor):
         from fedsim.clients.vectorized import unsupported
 
         rt = fedsim_app.runtime_for(self._run_config)
-        cfg = rt.config
+        cfg = rt.spec
         if cfg.codec:
             return "a codec chain encodes the updates"
         if cfg.client.local_dp.enabled:
@@ -116,7 +116,7 @@ class VectorizedExecutor(SerialExecutor):
         from fedsim.clients import app as fedsim_app
 
         try:
-            _, arrays, _, _ = fedsim_app._records(msg)
+            _, arrays, _, _ = fedsim_app.records(msg)
         except ValueError as exc:
             return str(exc)
         expected = self._expected
@@ -132,16 +132,16 @@ class VectorizedExecutor(SerialExecutor):
         from fedsim.clients.vectorized import Job, train_many
 
         rt = fedsim_app.runtime_for(self._run_config)
-        seed = rt.config.run.seed
+        seed = rt.spec.seed
         jobs, meta = [], []
         for task in tasks:
-            akey, arrays, _, record = fedsim_app._records(task.message)
+            akey, arrays, _, record = fedsim_app.records(task.message)
             config = {**dict(record), **(task.extra_config or {})}
             cid = int(task.node_config[keys.PARTITION_ID])
-            rnd = fedsim_app._round(task.message, config)  # type: ignore[arg-type]
+            rnd = fedsim_app.round_of(task.message, config)
             x, y = rt.data.client_train(cid)
             state = self._weights(arrays)
-            jobs.append(Job(params=state, x=x, y=y, settings=fedsim_app._settings(rt.config, config),  # type: ignore[arg-type]
+            jobs.append(Job(params=state, x=x, y=y, settings=fedsim_app.train_settings(rt.spec.client, config),
                             generator=seeding.torch_generator(seed, rnd, cid, "batches")))
             meta.append((akey, list(state)))
         start = time.perf_counter()
