@@ -19,7 +19,7 @@ from torch import nn
 
 from fedsim.core.errors import ConfigError
 from fedsim.core.plugins import call_with
-from fedsim.core.registry import PathContract, PluginRegistry
+from fedsim.core.registry import NoParams, PathContract, PluginRegistry
 from fedsim.core.schema import option
 
 ModelFn = Callable[[tuple[int, ...], int, Any], nn.Module]
@@ -40,7 +40,7 @@ def _adapt(obj: Any, target: str, field: str) -> ModelFn:
 MODELS = PluginRegistry("model", PathContract(adapt=_adapt, provided=("input_shape", "num_classes")))
 
 
-def register_model(name: str, params: type) -> Callable[[ModelFn], ModelFn]:
+def register_model(name: str, params: type = NoParams) -> Callable[[ModelFn], ModelFn]:
     """Register ``build(input_shape, num_classes, params) -> nn.Module`` under ``name``."""
     return MODELS.register_fn(name, params)
 

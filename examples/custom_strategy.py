@@ -60,8 +60,7 @@ class NormFilteredFedAvg(FedAvg):
 def main() -> None:
     import fedsim
 
-    base = fedsim.load_config("scenarios/presets/quickstart.toml", ["run.rounds=5", "report.progress=false",
-                                                                     "report.plots=false"])
+    base = fedsim.load_config("quickstart", ["run.rounds=5", "report.progress=false", "report.plots=false"])
     for name in ("examples.custom_strategy:NormFilteredFedAvg", "norm_filtered_fedavg"):
         cfg = base.replace([f'strategy.name="{name}"', "strategy.max_ratio=2.0"])
         result = fedsim.run(cfg, write=False)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from fedsim.config import list_presets, resolve_scenario
-from fedsim.core.errors import ConfigError
+from fedsim.core.errors import ConfigError, one_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{s['name']}: {s['rounds']} rounds, final centralized accuracy "
                   f"{'n/a' if acc is None else f'{acc:.4f}'}, {s['client_failures']} client failures; "
                   f"results in {result.out_dir}")
+            if result.stopped is not None:
+                print(f"fedsim: run stopped: {one_line(result.stopped)}", file=sys.stderr)
+                return 3
             return 0
         if args.command == "deploy-app":
             from fedsim.config import load_config

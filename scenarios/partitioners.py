@@ -23,7 +23,7 @@ import numpy as np
 
 from fedsim.core.errors import ConfigError
 from fedsim.core.plugins import call_with
-from fedsim.core.registry import PathContract, PluginRegistry
+from fedsim.core.registry import NoParams, PathContract, PluginRegistry
 from fedsim.core.schema import option
 
 Partition = list[np.ndarray]
@@ -45,7 +45,7 @@ PARTITIONERS = PluginRegistry("partitioner", PathContract(adapt=_adapt,
                                                           provided=("labels", "num_clients", "rng", "groups")))
 
 
-def register_partitioner(name: str, params: type) -> Callable[[PartitionFn], PartitionFn]:
+def register_partitioner(name: str, params: type = NoParams) -> Callable[[PartitionFn], PartitionFn]:
     """Register ``fn(y, groups, num_clients, params, rng) -> list[index array]`` under ``name``."""
     return PARTITIONERS.register_fn(name, params)
 
@@ -239,3 +239,73 @@ def natural(y: np.ndarray, groups: np.ndarray | None, num_clients: int, params: 
     order = np.argsort(groups, kind="stable")
     counts = np.bincount(np.searchsorted(ids, groups), minlength=len(ids))
     return _split_by_counts(order, counts)
+
+
+# ------------------------------------------------------------------ flwr-datasets
+@dataclasses.dataclass(frozen=True)
+class FlwrDatasetsParams:
+    partitioner: str = option("DirichletPartitioner", doc="a class of flwr_datasets.partitioner")
+    args: Mapping[str, Any] = dataclasses.field(default_factory=dict,
+                                                metadata={"doc": "its arguments (num_partitions and partition_by "
+                                                                 "are set by fedsim)"})
+    partition_by: str = option("label", choices=("label", "client_id"),
+                               doc="the column it partitions by: the labels, or the natural owners")
+
+    def check(self, path: str) -> None:
+        cls = _flwr_partitioner(self.partitioner, f"{path}.partitioner")
+        import inspect
+
+        accepted = inspect.signature(cls).parameters
+        for key in self.args:
+            if key in ("num_partitions", "partition_by"):
+                raise ConfigError(f"{path}.args.{key}", self.args[key], "is set by fedsim (data.num_clients / "
+                                                                        "partition_by)")
+            if key not in accepted:
+                raise ConfigError(f"{path}.args.{key}", self.args[key],
+                                  f"unknown argument of {self.partitioner}; allowed: "
+                                  f"{', '.join(k for k in accepted if k not in ('num_partitions', 'partition_by'))}")
+
+    def __hash__(self) -> int:
+        return hash((self.partitioner, tuple(sorted((k, repr(v)) for k, v in self.args.items())), self.partition_by))
+
+
+def _flwr_partitioner(name: str, field: str) -> Any:
+    try:
+        from flwr_datasets import partitioner as module
+    except ImportError:
+        raise ConfigError(field, name, "needs flwr-datasets: pip install 'fedsim[flwr-datasets]'") from None
+    cls = getattr(module, name, None)
+    if not isinstance(cls, type):
+        known = sorted(n for n in dir(module) if n.endswith("Partitioner") and n != "Partitioner")
+        raise ConfigError(field, name, f"not a flwr_datasets partitioner; known: {', '.join(known)}")
+    return cls
+
+
+@register_partitioner("flwr_datasets", params=FlwrDatasetsParams)
+def flwr_datasets(y: np.ndarray, groups: np.ndarray | None, num_clients: int, params: FlwrDatasetsParams,
+                  rng: np.random.Generator) -> Partition:
+    """Any flwr-datasets partitioner, run on fedsim's in-memory labels (an index column
+    maps its partitions back to samples). Its ``seed`` comes from the data seed."""
+    import inspect
+
+    from datasets import Dataset as HFDataset
+
+    cls = _flwr_partitioner(params.partitioner, "data.partitioner.partitioner")
+    kwargs = dict(params.args)
+    accepted = inspect.signature(cls).parameters
+    kwargs["num_partitions"] = num_clients
+    if "partition_by" in accepted:
+        kwargs["partition_by"] = params.partition_by
+    if "seed" in accepted and "seed" not in kwargs:
+        kwargs["seed"] = int(rng.integers(2**31 - 1))
+    if params.partition_by == "client_id" and groups is None:
+        raise ConfigError("data.partitioner.partition_by", "client_id", "this dataset has no natural owners")
+    columns = {"label": y.tolist(), "fedsim_index": np.arange(len(y)).tolist()}
+    if groups is not None:
+        columns["client_id"] = groups.tolist()
+    part = cls(**kwargs)
+    part.dataset = HFDataset.from_dict(columns)
+    try:
+        return [np.asarray(part.load_partition(i)["fedsim_index"], dtype=np.int64) for i in range(num_clients)]
+    except ValueError as exc:  # e.g. a minimum partition size it cannot meet
+        raise ConfigError("data.partitioner.args", dict(params.args), f"{params.partitioner}: {exc}") from None

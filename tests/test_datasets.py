@@ -173,3 +173,116 @@ def test_synthetic_natural_server_test_set_covers_every_device() -> None:
     fd = build(cfg.data, 0)
     assert fd.num_clients == 8 and fd.input_shape == (60,)
     assert len(fd.server_y) > 0.15 * (len(fd.y) + len(fd.server_y))
+
+
+# ------------------------------------------------------------------ data from files
+def file_config(path: Path, **dataset: Any) -> Any:
+    from tests.conftest import tiny_raw
+
+    return from_dict(tiny_raw(data={"dataset": {"name": "file", "path": str(path), **dataset}, "num_clients": 4,
+                                    "partitioner": "iid"}, model={"name": "logreg"}))
+
+
+def test_npz_csv_and_parquet_files_load_the_same_table(tmp_path: Path) -> None:
+    from fedsim.scenarios.federation import federated_data
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)).round(4)
+    y = rng.integers(0, 3, size=40)
+    np.savez(tmp_path / "d.npz", x=x, y=y, test_x=x[:8], test_y=y[:8])
+    np.savez(tmp_path / "t.npz", x=x[:8], y=y[:8])  # a test split in a file of its own
+    lines = ["a,b,c,label"] + [f"{r[0]},{r[1]},{r[2]},{int(t)}" for r, t in zip(x, y)]
+    (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "label": y}), tmp_path / "d.parquet")
+    loaded = {}
+    for name in ("d.npz", "d.csv", "d.parquet"):
+        cfg = file_config(tmp_path / name, **({"test_path": str(tmp_path / "t.npz")} if name != "d.npz" else {}))
+        ds = load_dataset("file", cfg.data.dataset.params, 0, 4)
+        loaded[name] = ds
+        assert ds.x.shape == (40, 3) and ds.num_classes == 3 and ds.test_x.shape == (8, 3)
+        data = federated_data(cfg.data, 0)
+        assert sum(len(i) + len(j) for i, j in zip(data.train_idx, data.test_idx)) == 40  # official test split
+    for ds in loaded.values():
+        np.testing.assert_allclose(ds.x, x.astype(np.float32), rtol=1e-6)
+        assert (ds.y == y).all()
+
+
+def test_csv_with_string_labels_and_a_client_column_is_a_natural_federation(tmp_path: Path) -> None:
+    rows = ["site,age,dose,outcome"]
+    for i in range(30):
+        rows.append(f"{['north', 'south', 'east'][i % 3]},{20 + i},{i % 5},{['bad', 'good'][i % 2]}")
+    path = tmp_path / "patients.csv"
+    path.write_text("\n".join(rows) + "\n")
+    ds = load_dataset("file", file_config(path, label="outcome", client_id="site").data.dataset.params, 0, 3)
+    assert ds.num_classes == 2 and list(ds.y[:4]) == [0, 1, 0, 1]  # "bad" < "good", sorted
+    assert ds.x.shape == (30, 2) and list(ds.x[0]) == [20.0, 0.0]  # site is not a feature
+    assert sorted(np.bincount(ds.groups)) == [10, 10, 10]
+    raw = {"run": {"rounds": 1}, "data": {"dataset": {"name": "file", "path": str(path), "label": "outcome",
+                                                     "client_id": "site"}, "partitioner": "natural", "num_clients": 3,
+                                         "client_test_fraction": 0.0},
+           "model": "logreg", "strategy": {"name": "fedavg", "fraction_evaluate": 0.0}, "report": {"progress": False}}
+    import fedsim
+
+    result = fedsim.run(from_dict(raw), write=False)
+    assert result.summary["client_failures"] == 0
+
+
+def test_file_dataset_errors_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text("a,b,label\n1,2,0\n3,x,1\n")
+    (tmp_path / "short.csv").write_text("a,b,label\n1,2\n")
+    np.savez(tmp_path / "d.npz", inputs=np.zeros((4, 2)), y=np.zeros(4))
+    cases = [
+        ({"path": str(tmp_path / "none.csv")}, "data.dataset.path", "file not found"),
+        ({"path": str(tmp_path / "d.csv")}, "data.dataset.features = 'b'", "is not numeric"),
+        ({"path": str(tmp_path / "d.csv"), "label": "y"}, "data.dataset.path", "has no column 'y'"),
+        ({"path": str(tmp_path / "short.csv")}, "data.dataset.path", "line 2 has 2 fields"),
+        ({"path": str(tmp_path / "d.npz")}, "data.dataset.path", "has no array 'x'"),
+        ({"path": str(tmp_path / "d.npz"), "features": ["inputs"], "shape": [3]}, "data.dataset.shape", "2 values"),
+        ({"path": ""}, "data.dataset.path", "required"),
+    ]
+    from tests.conftest import tiny_raw
+
+    for params, start, fragment in cases:
+        with pytest.raises(ConfigError) as info:
+            cfg = from_dict(tiny_raw(data={"dataset": {"name": "file", **params}}, model={"name": "logreg"}))
+            load_dataset("file", cfg.data.dataset.params, 0, 2)
+        text = str(info.value)
+        assert text.startswith(start) and fragment in text and "\n" not in text, text
+
+
+def test_a_hugging_face_dataset_saved_to_disk(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    rng = np.random.default_rng(1)
+    split = lambda n: datasets.Dataset.from_dict({"img": rng.random((n, 1, 4, 4)).astype("float32").tolist(),  # noqa: E731
+                                                  "label": rng.integers(0, 4, n).tolist()})
+    datasets.DatasetDict({"train": split(24), "test": split(6)}).save_to_disk(str(tmp_path / "hf"))
+    ds = load_dataset("file", file_config(tmp_path / "hf").data.dataset.params, 0, 2)
+    assert ds.x.shape == (24, 1, 4, 4) and ds.test_x.shape == (6, 1, 4, 4) and ds.num_classes <= 4
+
+
+def test_flwr_datasets_partitioners_run_on_fedsims_labels() -> None:
+    pytest.importorskip("flwr_datasets")
+    from tests.conftest import tiny_raw
+    from fedsim.scenarios.federation import federated_data
+
+    raw = tiny_raw(data={"partitioner": {"name": "flwr_datasets", "partitioner": "DirichletPartitioner",
+                                         "args": {"alpha": 0.5, "min_partition_size": 5}}})
+    a, b = from_dict(raw), from_dict(raw)
+    da, db = federated_data(a.data, 3), federated_data(b.data, 4)  # data seeds 3 and 4
+    sizes = [len(t) + len(e) for t, e in zip(da.train_idx, da.test_idx)]
+    assert sum(sizes) == len(da.y) and min(sizes) >= 5
+    assert sizes != [len(t) + len(e) for t, e in zip(db.train_idx, db.test_idx)]  # seeded by the data seed
+    again = federated_data.__wrapped__(a.data, 3)
+    assert all((p == q).all() for p, q in zip(da.train_idx, again.train_idx))
+    raw = tiny_raw(data={"partitioner": {"name": "flwr_datasets", "partitioner": "IidPartitioner"}})
+    assert len(federated_data(from_dict(raw).data, 3).train_idx) == 6
+    for edit, fragment in [({"partitioner": "Nope"}, "not a flwr_datasets partitioner"),
+                           ({"args": {"num_partitions": 3}}, "is set by fedsim"),
+                           ({"args": {"alpah": 0.5}}, "unknown argument of DirichletPartitioner")]:
+        bad = tiny_raw(data={"partitioner": {"name": "flwr_datasets", "partitioner": "DirichletPartitioner",
+                                             "args": {"alpha": 0.5}, **edit}})
+        with pytest.raises(ConfigError, match=fragment):
+            from_dict(bad)

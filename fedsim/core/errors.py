@@ -40,3 +40,8 @@ def _show(value: Any) -> str:
     text = repr(value)
     text = " ".join(text.split())
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+def one_line(text: str, limit: int = 2000) -> str:
+    """``text`` for a terminal: control characters escaped, at most ``limit`` characters."""
+    return _one_line(text, limit)

@@ -54,6 +54,8 @@ class Registry(Generic[T]):
         if ":" in key:
             raise ValueError(f"{self.kind} names cannot contain ':' (that form is an import path)")
         old = self._entries.get(key)
+        if old is entry:
+            return  # already known (e.g. a Ray actor's registrations replayed in the driver): keep its origin
         if old is not None and _qualname(old) != _qualname(entry):
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self._entries[key] = entry  # the same class again (a script also imported as a module): replace

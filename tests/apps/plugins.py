@@ -1,0 +1,120 @@
+"""A user's own plug-ins, written against fedsim's public contracts only (used by the tests).
+
+Each is usable by path (``tests.apps.plugins:blobs``) and, once this module is imported,
+by the names it registers (``plugin_blobs``, ``plugin_tinynet``, ``plugin_blocks``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedsim.clients.codecs import Codec, CodecContext
+from fedsim.clients.models import register_model
+from fedsim.engine.policies import RoundPolicy, Selection
+from fedsim.scenarios.attacks import Attack, ProbeView, Reconstruction
+from fedsim.scenarios.datasets import register_dataset
+from fedsim.scenarios.datasets.base import as_dataset
+from fedsim.scenarios.partitioners import register_partitioner
+
+
+def blobs(n: int = 300, dim: int = 6, classes: int = 3, seed: int = 0) -> dict[str, Any]:
+    """Gaussian blobs, one per class; drawn from fedsim's data seed."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=3.0, size=(classes, dim))
+    y = rng.integers(0, classes, size=n)
+    return {"x": centres[y] + rng.normal(size=(n, dim)), "y": y}
+
+
+class TinyNet(nn.Module):
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int = 8) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), width), nn.ReLU())
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def blocks(labels: np.ndarray, num_clients: int, rng: np.random.Generator, shuffle: bool = False) -> list[np.ndarray]:
+    """Contiguous blocks of sample indices: client i gets block i (hand-checkable)."""
+    order = rng.permutation(len(labels)) if shuffle else np.arange(len(labels))
+    return [np.sort(part) for part in np.array_split(order, num_clients)]
+
+
+def overlapping(labels: np.ndarray, num_clients: int) -> list[np.ndarray]:
+    """Garbage: every client gets every sample."""
+    return [np.arange(len(labels)) for _ in range(num_clients)]
+
+
+class HalfPrecision(Codec):
+    """A codec by path: send the delta as float16 (what ``fp16`` does), with a ``Params`` dataclass."""
+
+    name = "user_half"
+
+    @dataclasses.dataclass(frozen=True)
+    class Params:
+        scale: float = 1.0
+
+    def encode(self, arrays: dict[str, np.ndarray], ctx: CodecContext) -> dict[str, np.ndarray]:
+        return {k: (v * self.params.scale).astype(np.float16) if v.dtype.kind == "f" else v
+                for k, v in arrays.items()}
+
+    def decode(self, payload: dict[str, np.ndarray], ctx: CodecContext) -> dict[str, np.ndarray]:
+        return {k: v.astype(np.float32) / self.params.scale if v.dtype == np.float16 else v
+                for k, v in payload.items()}
+
+
+class ZeroAttack(Attack):
+    """An attack by path that reconstructs zeros (a floor for the scores)."""
+
+    name = "zeros"
+
+    def run(self, view: ProbeView, generator: torch.Generator) -> Reconstruction:
+        n = view.images
+        return Reconstruction(x=torch.zeros((n, *view.input_shape)), labels=torch.zeros(n, dtype=torch.long))
+
+
+class FastestHalf(RoundPolicy):
+    """A round policy by path: keep the faster half of the replies, wait for them only."""
+
+    name = "fastest_half"
+
+    def select(self, arrivals: list[float], deadline: float | None, keep: int | None = None) -> Selection:
+        real = sorted((a, i) for i, a in enumerate(arrivals) if math.isfinite(a))
+        half = real[: max(1, len(real) // 2)]
+        kept = sorted(i for _, i in half)
+        return Selection(kept, max((a for a, _ in half), default=0.0), sorted(i for _, i in real[len(half):]))
+
+
+# The same plug-ins under registered names (defined in this importable module, so other
+# processes import it to know them).
+@register_dataset("plugin_blobs")
+def _blobs_registered(params: Any, seed: int, num_clients: int) -> Any:
+    return as_dataset(blobs(seed=seed), "plugin_blobs")
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyNetParams:
+    width: int = 8
+
+
+@register_model("plugin_tinynet", params=TinyNetParams)
+def _tinynet_registered(input_shape: tuple[int, ...], num_classes: int, params: TinyNetParams) -> nn.Module:
+    return TinyNet(input_shape, num_classes, params.width)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlocksParams:
+    shuffle: bool = False
+
+
+@register_partitioner("plugin_blocks", params=BlocksParams)
+def _blocks_registered(y: np.ndarray, groups: Any, num_clients: int, params: BlocksParams,
+                       rng: np.random.Generator) -> list[np.ndarray]:
+    return blocks(y, num_clients, rng, params.shuffle)
