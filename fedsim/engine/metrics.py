@@ -1,7 +1,13 @@
-"""Per-round records built from the grid's exchanges (one dict per line of metrics.jsonl)."""
+"""Per-round records built from the grid's exchanges (one line of metrics.jsonl each).
+
+A round's record is a typed `RoundRecord`; its field names are the metrics.jsonl keys.
+Fields that only some runs have (a probe's, a strategy's ``round_metrics``, LoRA's
+aggregation error, round 0's ``bytes_shared``) go in ``extra`` and are merged flat.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +27,60 @@ PARTICIPATION_COUNTS = ("stragglers", "partial", "dropouts", "unavailable", "mod
                         "corrupted", "over_selected")
 TRAFFIC_COUNTS = ("retransmissions", "packets_lost", "packets_lost_for_good", "bit_flips")
 SYSTEM_COUNTS = PARTICIPATION_COUNTS + TRAFFIC_COUNTS
+
+
+@dataclasses.dataclass
+class RoundRecord:
+    """One round: accuracy and losses, participation, bytes, failures, virtual and wall time."""
+
+    round: int
+    central_loss: float | None
+    central_acc: float | None
+    fed_loss: float | None  # federated evaluation, weighted by num-examples
+    fed_acc: float | None
+    train_loss: float | None
+    clients_sampled: int
+    clients_replied: int
+    clients_failed: int
+    eval_clients_sampled: int
+    eval_clients_replied: int
+    eval_clients_failed: int
+    bytes_down: int
+    bytes_up: int
+    bytes_shared: int
+    failures: list[dict[str, Any]]  # each: partition_id, node_id, phase, reason
+    virtual_round_s: float
+    virtual_time_s: float
+    stragglers: int
+    partial: int
+    dropouts: int
+    unavailable: int
+    model_lost: int
+    reply_lost: int
+    corrupted: int
+    over_selected: int
+    retransmissions: int
+    packets_lost: int
+    packets_lost_for_good: int
+    bit_flips: int
+    wall_round_s: float
+    wall_total_s: float
+    wall_client_s: float
+    wall_train_s: float
+    wall_encode_s: float
+    wall_decode_s: float
+    wall_probe_s: float
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The metrics.jsonl line: every field by name, ``extra`` merged flat."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        out.update(self.extra)
+        return out
+
+
+assert set(SYSTEM_COUNTS) <= {f.name for f in dataclasses.fields(RoundRecord)}
+assert set(WALL_FIELDS) <= {f.name for f in dataclasses.fields(RoundRecord)}
 
 
 class Recorder:
@@ -68,41 +128,45 @@ class Recorder:
             vnow = self._v_last
         train_replies = [r for e in train for r in e.replies]
         eval_replies = [r for e in evals for r in e.replies]
-        record: dict[str, Any] = {
-            "round": rnd,
-            "central_loss": central[0] if central else None,
-            "central_acc": central[1] if central else None,
-            "fed_loss": weighted_metric(eval_replies, keys.EVAL_LOSS_ALIASES),
-            "fed_acc": weighted_metric(eval_replies, keys.EVAL_ACC_ALIASES),
-            "train_loss": weighted_metric(train_replies, keys.LOSS_ALIASES),
-            "clients_sampled": sum(e.sampled for e in train),
-            "clients_replied": sum(e.replied for e in train),
-            "clients_failed": sum(len(e.failures) for e in train),
-            "eval_clients_sampled": sum(e.sampled for e in evals),
-            "eval_clients_replied": sum(e.replied for e in evals),
-            "eval_clients_failed": sum(len(e.failures) for e in evals),
-            "bytes_down": sum(e.bytes_down for e in exs),
-            "bytes_up": sum(e.bytes_up for e in exs),
-            "bytes_shared": 0,
-            "failures": [
-                {"partition_id": f.partition_id, "node_id": f.node_id, "phase": f.phase, "reason": f.reason}
-                for e in exs for f in e.failures
-            ],
-            "virtual_round_s": (vnow - self._v_last),
-            "virtual_time_s": vnow,
+        rec = RoundRecord(
+            round=rnd,
+            central_loss=central[0] if central else None,
+            central_acc=central[1] if central else None,
+            fed_loss=weighted_metric(eval_replies, keys.EVAL_LOSS_ALIASES),
+            fed_acc=weighted_metric(eval_replies, keys.EVAL_ACC_ALIASES),
+            train_loss=weighted_metric(train_replies, keys.LOSS_ALIASES),
+            clients_sampled=sum(e.sampled for e in train),
+            clients_replied=sum(e.replied for e in train),
+            clients_failed=sum(len(e.failures) for e in train),
+            eval_clients_sampled=sum(e.sampled for e in evals),
+            eval_clients_replied=sum(e.replied for e in evals),
+            eval_clients_failed=sum(len(e.failures) for e in evals),
+            bytes_down=sum(e.bytes_down for e in exs),
+            bytes_up=sum(e.bytes_up for e in exs),
+            bytes_shared=0,
+            failures=[{"partition_id": f.partition_id, "node_id": f.node_id, "phase": f.phase, "reason": f.reason}
+                      for e in exs for f in e.failures],
+            virtual_round_s=vnow - self._v_last,
+            virtual_time_s=vnow,
             **{key: sum(getattr(e, key) for e in train) for key in PARTICIPATION_COUNTS},
             **{key: sum(getattr(e, key) for e in exs) for key in TRAFFIC_COUNTS},
-            "wall_round_s": now - self._t_last,
-            "wall_total_s": now - self._t0,
-            "wall_client_s": sum(e.client_seconds for e in exs),
-            "wall_train_s": metric_sum(train_replies, keys.TRAIN_SECONDS),
-            "wall_encode_s": metric_sum(train_replies, keys.ENCODE_SECONDS),
-            "wall_decode_s": sum(e.decode_seconds for e in exs),
-            "wall_probe_s": 0.0,
-        }
+            wall_round_s=now - self._t_last,
+            wall_total_s=now - self._t0,
+            wall_client_s=sum(e.client_seconds for e in exs),
+            wall_train_s=metric_sum(train_replies, keys.TRAIN_SECONDS),
+            wall_encode_s=metric_sum(train_replies, keys.ENCODE_SECONDS),
+            wall_decode_s=sum(e.decode_seconds for e in exs),
+            wall_probe_s=0.0,
+        )
         for fn in self.train_metrics:
-            record.update(fn(train_replies))
-        record.update(self.pending)
+            rec.extra.update(fn(train_replies))
+        fields = {f.name for f in dataclasses.fields(RoundRecord)}
+        for key, value in self.pending.items():
+            if key in fields and key != "extra":
+                setattr(rec, key, value)
+            else:
+                rec.extra[key] = value
+        record = rec.as_dict()
         self.pending = {}
         self._t_last = now
         self._v_last = vnow
