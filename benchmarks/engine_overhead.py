@@ -112,8 +112,8 @@ def variant_flower(address: str = "") -> dict:
     sys.path.insert(0, str(W1APP))
     logging.getLogger("flwr").setLevel(logging.WARNING)
     from flwr.simulation import run_simulation
-    from w1app.client_app import app as client_app
     from w1app import task
+    from w1app.client_app import app as client_app
     from w1app.server_app import app as server_app
 
     task.DEFAULTS["num-server-rounds"] = ROUNDS  # run_simulation passes no run config: set the default

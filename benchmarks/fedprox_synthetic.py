@@ -16,13 +16,12 @@ import sys as _sys
 from pathlib import Path as _Path
 
 _sys.path.insert(0, str(_Path(__file__).resolve().parent))
-import _plot  # noqa: E402  (benchmarks/_plot.py)
-
 import argparse
 import sys
 import time
 from pathlib import Path
 
+import _plot
 import numpy as np
 
 import fedsim

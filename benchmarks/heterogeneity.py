@@ -20,8 +20,6 @@ import sys as _sys
 from pathlib import Path as _Path
 
 _sys.path.insert(0, str(_Path(__file__).resolve().parent))
-import _plot  # noqa: E402  (benchmarks/_plot.py)
-
 import argparse
 import math
 import statistics
@@ -29,11 +27,12 @@ import sys
 import time
 from pathlib import Path
 
+import _plot
 import numpy as np
+from fedsim.scenarios.federation import federated_data
 
 import fedsim
 from fedsim.config import Config, load_config
-from fedsim.scenarios.federation import federated_data
 
 PRESETS = Path(__file__).resolve().parents[1] / "scenarios" / "presets"
 

@@ -19,9 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _plot  # noqa: E402  (benchmarks/_plot.py)
+import _plot
+
 import fedsim
 from fedsim.config import Config, from_dict
 
@@ -37,7 +37,13 @@ def epsilon_for(std: float) -> float:
 
 def composed_epsilon(std: float, releases: int) -> float:
     """Epsilon after ``releases`` Gaussian releases of one client, from Flower's RDP accountant."""
-    from flwr.serverapp import GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
+    from flwr.serverapp import (
+        GaussianPrivacyEvent,
+        NeighboringRelation,
+        PrivacyConfig,
+        RdpAccountant,
+        SamplingMethod,
+    )
 
     acc = RdpAccountant(PrivacyConfig(target_delta=DELTA, population_size=1,
                                       neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,

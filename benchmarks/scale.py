@@ -25,8 +25,6 @@ import sys as _sys
 from pathlib import Path as _Path
 
 _sys.path.insert(0, str(_Path(__file__).resolve().parent))
-import _measure  # noqa: E402  (benchmarks/_measure.py)
-
 import argparse
 import json
 import random
@@ -34,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import _measure
 
 SEED = 0
 WORKLOADS = ("w1", "s1000", "m1000", "100k")
@@ -68,11 +68,11 @@ def variant_plain(name: str) -> dict:
     """The baseline: what one would write by hand, with the same data and sampling."""
     import torch
     import torch.nn.functional as F
-
     from fedsim.clients.models import init_model
     from fedsim.clients.trainer import evaluate
-    from fedsim.core import seeding
     from fedsim.scenarios.federation import federated_data
+
+    from fedsim.core import seeding
 
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -123,17 +123,16 @@ def variant_flower(name: str) -> dict:
     """Flower's run_simulation with fedsim's ClientApp (the scenario travels in its run config)."""
     import logging
 
-    from flwr.app import ArrayRecord, Context, MetricRecord
-    from flwr.clientapp import ClientApp
-    from flwr.serverapp import ServerApp
-    from flwr.serverapp.strategy import FedAvg
-    from flwr.simulation import run_simulation
-
     from fedsim.clients import app as fedsim_app
     from fedsim.clients.models import init_model
     from fedsim.clients.spec import to_run_config
     from fedsim.clients.trainer import evaluate
     from fedsim.scenarios.federation import federated_data
+    from flwr.app import ArrayRecord, Context, MetricRecord
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import ServerApp
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.simulation import run_simulation
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     cfg = workload(name)

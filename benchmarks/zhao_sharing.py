@@ -18,23 +18,22 @@ import sys as _sys
 from pathlib import Path as _Path
 
 _sys.path.insert(0, str(_Path(__file__).resolve().parent))
-import _plot  # noqa: E402  (benchmarks/_plot.py)
-
 import argparse
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import _plot
 import numpy as np
 import torch
-
-import fedsim
 from fedsim.clients import trainer
 from fedsim.clients.models import init_model
-from fedsim.core import seeding
-from fedsim.config import Config, from_dict
 from fedsim.scenarios.federation import federated_data
+
+import fedsim
+from fedsim.config import Config, from_dict
+from fedsim.core import seeding
 
 BETA = 0.05
 ALPHAS = (0.1, 0.5, 1.0)

@@ -19,21 +19,28 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from fedsim.clients import lora, trainer
+from fedsim.clients.codecs import MARKER, CodecContext, Pipeline, build_pipeline
+from fedsim.clients.codecs.transport import encode_update, load_state, save_state
+from fedsim.clients.device import resolve as resolve_device
+from fedsim.clients.models import build_model
+from fedsim.clients.settings import ClientSection
+from fedsim.clients.spec import ClientSpec, from_run_config
+from fedsim.scenarios.federation import FederatedData, federated_data
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import LocalDpMod, adaptiveclipping_mod, fixedclipping_mod
 from torch import nn
 
-from fedsim.clients import lora, trainer
-from fedsim.clients.device import resolve as resolve_device
-from fedsim.clients.codecs import MARKER, CodecContext, Pipeline, build_pipeline
-from fedsim.clients.codecs.transport import encode_update, load_state, save_state
-from fedsim.clients.models import build_model
-from fedsim.clients.settings import ClientSection
-from fedsim.clients.spec import ClientSpec, from_run_config
 from fedsim.core import keys, seeding
 from fedsim.core.records import arrays_of, configs_of, metrics_of
-from fedsim.scenarios.federation import FederatedData, federated_data
 
 app = ClientApp()
 # The same ClientApp behind Flower's client-side DP clipping mods (for the dp_client_* wrappers).

@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from fedsim.clients.codecs.base import Codec, register_codec
 from flwr.app import Message
 from torch import nn
 
-from fedsim.clients.codecs.base import Codec, register_codec
 from fedsim.core import keys, seeding
 from fedsim.core.errors import ConfigError
 from fedsim.core.schema import option
@@ -94,7 +94,7 @@ def load_checkpoint(path: str, model: nn.Module) -> dict[str, torch.Tensor]:
             state = load_file(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is a config error
+    except Exception as exc:
         raise ConfigError(f"{FIELD}.base", path, f"unreadable checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict):
         raise ConfigError(f"{FIELD}.base", path, "is not a state dict")

@@ -17,10 +17,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from fedsim.clients.settings import ClientSection
+from fedsim.scenarios.federation import DataSection
+
 from fedsim.core.overrides import flatten, literal, unflatten
 from fedsim.core.plugins import PluginsSection, load_plugins_first
 from fedsim.core.schema import Named, named, named_list, option, parse, to_plain
-from fedsim.scenarios.federation import DataSection
 
 #: Scenario sections (dotted prefixes) a client reads from a run config; everything else is ignored.
 CLIENT_KEYS = ("run.seed", "data.", "model.", "client.", "codec", "plugins.")

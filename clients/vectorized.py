@@ -25,10 +25,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from fedsim.clients.trainer import TrainOutcome, TrainSettings
 from torch import nn
 from torch.func import functional_call, grad, vmap
-
-from fedsim.clients.trainer import TrainOutcome, TrainSettings
 
 STOCHASTIC = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 

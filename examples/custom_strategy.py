@@ -14,12 +14,11 @@ from collections.abc import Iterable
 from logging import INFO
 
 import numpy as np
+from fedsim.strategies import register_strategy
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
-
-from fedsim.strategies import register_strategy
 
 
 @register_strategy("norm_filtered_fedavg")

@@ -20,6 +20,15 @@ _LAZY = {
     "SimulationGrid": "fedsim.engine.grid",
     "RunResult": "fedsim.runner",
     "run": "fedsim.runner",
+    # Registration of your own plug-ins by name (or name them by "package.module:attr").
+    "Dataset": "fedsim.scenarios.datasets",
+    "register_dataset": "fedsim.scenarios.datasets",
+    "register_partitioner": "fedsim.scenarios.partitioners",
+    "register_model": "fedsim.clients.models",
+    "register_codec": "fedsim.clients.codecs",
+    "register_attack": "fedsim.scenarios.attacks",
+    "register_strategy": "fedsim.strategies",
+    "register_policy": "fedsim.engine.policies",
 }
 
 
@@ -35,4 +44,21 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_LAZY])
 
 
-__all__ = ["Config", "ConfigError", "RunResult", "SimulationGrid", "from_dict", "load_config", "run", "__version__"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Dataset",
+    "RunResult",
+    "SimulationGrid",
+    "__version__",
+    "from_dict",
+    "load_config",
+    "register_attack",
+    "register_codec",
+    "register_dataset",
+    "register_model",
+    "register_partitioner",
+    "register_policy",
+    "register_strategy",
+    "run",
+]

@@ -24,7 +24,15 @@ from fedsim.clients.spec import ClientSpec
 from fedsim.core.errors import ConfigError
 from fedsim.core.overrides import apply_overrides
 from fedsim.core.plugins import PluginsSection, is_user_module, load_plugins_first
-from fedsim.core.schema import Named, iter_named, named, named_list, option, parse, to_plain
+from fedsim.core.schema import (
+    Named,
+    iter_named,
+    named,
+    named_list,
+    option,
+    parse,
+    to_plain,
+)
 from fedsim.engine.executors.sections import ExecutorSection, RaySection
 from fedsim.engine.policies import RoundSection
 from fedsim.report import ReportSection
@@ -35,7 +43,7 @@ from fedsim.scenarios.faults import FaultsSection
 from fedsim.scenarios.federation import DataSection
 from fedsim.scenarios.network import NetworkSection
 
-__all__ = ["Config", "Named", "load_config", "from_dict", "apply_overrides", "resolve_scenario"]
+__all__ = ["Config", "Named", "apply_overrides", "from_dict", "load_config", "resolve_scenario"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +154,7 @@ class Config:
         plain["plugins"]["imports"] = list(self.plugin_modules())
         return plain
 
-    def replace(self, overrides: Iterable[str]) -> "Config":
+    def replace(self, overrides: Iterable[str]) -> Config:
         """A new Config with ``section.key=value`` edits applied (and validated)."""
         return from_dict(apply_overrides(self.to_dict(), overrides))
 

@@ -12,9 +12,9 @@ import datetime as dt
 import html
 import io
 import itertools
-import textwrap
 import math
 import statistics
+import textwrap
 from pathlib import Path
 from typing import Any
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 class RoundProgress:
@@ -15,7 +22,7 @@ class RoundProgress:
         self.total = total_rounds
         self.label = label
 
-    def __enter__(self) -> "RoundProgress":
+    def __enter__(self) -> RoundProgress:
         if self.enabled:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),

@@ -74,7 +74,7 @@ class RunWriter:
     kept: list[dict[str, Any]] = []  # rounds already recorded (a resumed run)
 
     @classmethod
-    def reopen(cls, out_dir: str | Path, keep_rounds: int) -> "RunWriter":
+    def reopen(cls, out_dir: str | Path, keep_rounds: int) -> RunWriter:
         """A resumed run's writer: metrics.jsonl cut back to rounds <= keep_rounds (a line
         being written when the process died is dropped)."""
         self = cls.__new__(cls)

@@ -25,18 +25,18 @@ from flwr.serverapp import ServerApp
 
 from fedsim import report
 from fedsim.config import load_toml
-from fedsim.core.overrides import parse_override_value
-from fedsim.engine.policies import RoundSection
-from fedsim.core.schema import parse
-from fedsim.engine.system import SystemModel
-from fedsim.scenarios.devices import DevicesSection
-from fedsim.scenarios.network import NetworkSection
 from fedsim.core.errors import ConfigError
+from fedsim.core.overrides import parse_override_value
+from fedsim.core.schema import parse
 from fedsim.engine.executors import AppRef, make_executor
 from fedsim.engine.executors.base import load_object
 from fedsim.engine.grid import SimulationGrid
 from fedsim.engine.metrics import Recorder
+from fedsim.engine.policies import RoundSection
+from fedsim.engine.system import SystemModel
 from fedsim.runner import flower_log_level, torch_threads
+from fedsim.scenarios.devices import DevicesSection
+from fedsim.scenarios.network import NetworkSection
 
 log = logging.getLogger("fedsim")
 
@@ -66,7 +66,7 @@ def read_app(path: str | Path) -> FlowerApp:
         raise ConfigError("run-app PATH", str(path), "must be a Flower app folder holding a pyproject.toml")
     try:
         project = get_project_config(app_dir)
-    except Exception as exc:  # noqa: BLE001 - Flower's validator raises ValueError/tomli errors
+    except Exception as exc:
         first = str(exc).strip().splitlines()
         raise ConfigError("pyproject.toml", str(app_dir), f"not a valid Flower app: {' '.join(first)}") from None
     flwr_cfg = project.get("tool", {}).get("flwr", {})

@@ -56,7 +56,7 @@ class RunSetup:
         """Centralized (loss, accuracy) of ``arrays`` on the server's test set."""
         return evaluate(self.load_global(arrays), self.data.server_x, self.data.server_y)
 
-    def model_builder(self) -> "ModelBuilder":
+    def model_builder(self) -> ModelBuilder:
         """Builds the architecture (adapters included in LoRA mode) and nothing else: what an
         honest-but-curious server knows, safe to ship to attack probes."""
         template = copy.deepcopy(self.server_model) if self.adapters is not None else None

@@ -23,8 +23,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from fedsim.core import keys, seeding
 from fedsim.core.errors import ConfigError
 from fedsim.core.keys import LABEL_FLIP
-from fedsim.core.schema import option
 from fedsim.core.records import arrays_of, configs_of
+from fedsim.core.schema import option
 
 ATTACKS = ("sign_flip", "scaled", "label_flip", "random")
 

@@ -17,11 +17,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from fedsim.scenarios.distributions import ConstantParams, parse_float, read_csv, sample
 
 from fedsim.core import seeding
 from fedsim.core.errors import ConfigError
 from fedsim.core.schema import Named, named, option
-from fedsim.scenarios.distributions import ConstantParams, parse_float, read_csv, sample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +79,8 @@ class DeviceModel:
     def __init__(self, cfg: DevicesSection, num_clients: int, seed: int) -> None:
         self.cfg = cfg
         self.seed = seed
-        self.speeds = sample(cfg.speed, seeding.rng(seed, 0, seeding.SERVER, "device-speed"), num_clients)
+        self.speeds = sample(cfg.speed, seeding.rng(seed, 0, seeding.SERVER, "device-speed"), num_clients,
+                             "devices.speed", "positive")
         self._intervals: list[np.ndarray] | None = None
         self._period = 0.0
         if cfg.availability_trace:

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from fedsim.core.errors import ConfigError
-from fedsim.core.plugins import call_with
+from fedsim.core.plugins import call_with, is_path
 from fedsim.core.registry import PathContract, PluginRegistry
 from fedsim.core.schema import Named, option
+
 
 def _adapt(obj: Any, target: str, field: str) -> Callable[..., np.ndarray]:
     if not callable(obj):
@@ -177,8 +178,18 @@ def parse_float(text: str | None, field: str, path: str, line: int, column: str)
     return value
 
 
-def sample(named: Named, rng: np.random.Generator, n: int) -> np.ndarray:
-    return DISTRIBUTIONS.get(named.name, "distribution").fn(named.params, rng, n)
+def sample(named: Named, rng: np.random.Generator, n: int, field: str = "distribution",
+           domain: str = "") -> np.ndarray:
+    """``n`` draws; ``domain`` ("positive", "nonnegative") is checked for a user's distribution
+    (the registered ones are checked when the scenario is read)."""
+    values = DISTRIBUTIONS.get(named.name, f"{field}.name").fn(named.params, rng, n)
+    if domain and is_path(named.name):
+        ok = values > 0 if domain == "positive" else values >= 0
+        if not np.all(ok):
+            bad = float(values[~ok][0])
+            raise ConfigError(f"{field}.name", named.name, f"drew {bad:g}; this quantity must be "
+                                                           f"{'> 0' if domain == 'positive' else '>= 0'}")
+    return values
 
 
 def _support(params: Any) -> list[float]:

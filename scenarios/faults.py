@@ -25,8 +25,8 @@ from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 
 from fedsim.core import keys, seeding
 from fedsim.core.errors import ConfigError
-from fedsim.core.schema import option
 from fedsim.core.records import configs_of
+from fedsim.core.schema import option
 
 KINDS = ("raise", "nan", "shape", "empty", "hog")
 

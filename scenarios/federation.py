@@ -12,11 +12,11 @@ import functools
 
 import numpy as np
 import torch
+from fedsim.scenarios.datasets import Dataset, load_dataset
+from fedsim.scenarios.partitioners import partition
 
 from fedsim.core import seeding
 from fedsim.core.schema import Named, named, option
-from fedsim.scenarios.datasets import Dataset, load_dataset
-from fedsim.scenarios.partitioners import partition
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,11 +16,11 @@ import functools
 
 import numpy as np
 import torch
+from fedsim.scenarios.datasets.synthetic import SyntheticParams
+from fedsim.scenarios.federation import DataSection
 
 from fedsim.core import seeding
-from fedsim.scenarios.federation import DataSection
 from fedsim.core.errors import ConfigError
-from fedsim.scenarios.datasets.synthetic import SyntheticParams
 
 CACHE_DEVICES = 4096
 

@@ -19,13 +19,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+from fedsim.scenarios.distributions import ConstantParams, sample
 
 from fedsim.core import seeding
 from fedsim.core.errors import ConfigError
 from fedsim.core.plugins import call_with
 from fedsim.core.registry import PathContract, PluginRegistry
 from fedsim.core.schema import Named, named, option
-from fedsim.scenarios.distributions import ConstantParams, sample
+
 
 def _adapt(obj: Any, target: str, field: str) -> Callable[..., np.ndarray]:
     if not callable(obj):
@@ -171,9 +172,9 @@ class LinkModel:
         self.cfg = cfg
         self.seed = seed
         rng = seeding.rng(seed, 0, seeding.SERVER, "links")
-        self.down_bps = sample(cfg.down_mbps, rng, num_clients) * 1e6 / 8
-        self.up_bps = sample(cfg.up_mbps, rng, num_clients) * 1e6 / 8
-        self.latency = sample(cfg.latency_s, rng, num_clients)
+        self.down_bps = sample(cfg.down_mbps, rng, num_clients, "network.down_mbps", "positive") * 1e6 / 8
+        self.up_bps = sample(cfg.up_mbps, rng, num_clients, "network.up_mbps", "positive") * 1e6 / 8
+        self.latency = sample(cfg.latency_s, rng, num_clients, "network.latency_s", "nonnegative")
         self._draw = LOSS_MODELS.get(cfg.loss.name, "network.loss.name").fn
 
     @property

@@ -25,7 +25,17 @@ from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from fedsim.strategies.aggregation import buffered_step, staleness_weight
+from fedsim.strategies.registry import register_strategy
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
@@ -33,8 +43,6 @@ from flwr.supercore import log
 
 from fedsim.core import keys
 from fedsim.core.records import arrays_of, metrics_of
-from fedsim.strategies.aggregation import buffered_step, staleness_weight
-from fedsim.strategies.registry import register_strategy
 
 MODEL_VERSION = "model-version"
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from fedsim.strategies.aggregation import fednova
+from fedsim.strategies.registry import register_strategy
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim.core import keys
-from fedsim.strategies.aggregation import fednova
-from fedsim.strategies.registry import register_strategy
 
 
 @register_strategy("fednova")

@@ -129,7 +129,7 @@ def _hints(factory: Any) -> dict[str, Any]:
     target = factory.__init__ if inspect.isclass(factory) else factory
     try:
         return typing.get_type_hints(target)
-    except Exception:  # noqa: BLE001 - unresolvable annotations: skip type checks
+    except Exception:
         return {}
 
 
@@ -166,7 +166,7 @@ def _parameters(factory: StrategyFactory
     return params, hints, open_ended and not inspect.isclass(factory), owners
 
 
-def resolve_strategy_args(name: str, raw: Mapping[str, Any], path: str) -> "StrategyArgs":
+def resolve_strategy_args(name: str, raw: Mapping[str, Any], path: str) -> StrategyArgs:
     raw = dict(raw)
     wrapper = raw.pop("wrapper", None)
     args = _check_args(resolve_class(name, f"{path}.name"), name, raw, path)
@@ -241,7 +241,7 @@ class StrategyArgs:
                 and self.wrapper == other.wrapper and dict(self.wrapper_args) == dict(other.wrapper_args))
 
 
-def build_strategy(name: str, args: "StrategyArgs | Mapping[str, Any]") -> Strategy:
+def build_strategy(name: str, args: StrategyArgs | Mapping[str, Any]) -> Strategy:
     factory = resolve_class(name, "strategy.name")
     kwargs = dict(args.args if isinstance(args, StrategyArgs) else args)
     try:
@@ -260,7 +260,7 @@ def build_strategy(name: str, args: "StrategyArgs | Mapping[str, Any]") -> Strat
     return strategy
 
 
-def effective_args(name: str, args: "StrategyArgs") -> dict[str, Any]:
+def effective_args(name: str, args: StrategyArgs) -> dict[str, Any]:
     """The constructor's defaults overlaid with the scenario's arguments."""
     params, _, _, _ = _parameters(resolve_class(name, "strategy.name"))
     out = {p.name: p.default for p in params.values() if p.default is not inspect.Parameter.empty}
@@ -268,7 +268,7 @@ def effective_args(name: str, args: "StrategyArgs") -> dict[str, Any]:
     return out
 
 
-def check_against_federation(name: str, args: "StrategyArgs", num_clients: int, client_test_fraction: float) -> None:
+def check_against_federation(name: str, args: StrategyArgs, num_clients: int, client_test_fraction: float) -> None:
     """Flower's samplers wait forever for more nodes than exist: refuse that up front."""
     eff = effective_args(name, args)
     for key in ("min_available_nodes", "min_train_nodes", "min_evaluate_nodes"):

@@ -7,16 +7,16 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
-import fedsim
 from fedsim.clients import trainer
 from fedsim.clients.models import LogRegParams, MLPParams, build_model
-from fedsim.core.errors import ConfigError
-from fedsim.core.schema import parse
 from fedsim.scenarios.attacks import ATTACKS, ProbeView
 from fedsim.scenarios.attacks import metrics as leak
 from fedsim.scenarios.attacks.common import infer_labels
+from torch import nn
+
+import fedsim
+from fedsim.core.errors import ConfigError
+from fedsim.core.schema import parse
 from tests.conftest import tiny_config
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fedsim.scenarios.byzantine import ByzantineSection, malicious_clients
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy import FedAvg
 
@@ -12,7 +13,6 @@ from fedsim.core.errors import ConfigError
 from fedsim.engine.executors import AppRef
 from fedsim.engine.executors.serial import SerialExecutor
 from fedsim.engine.grid import SimulationGrid
-from fedsim.scenarios.byzantine import ByzantineSection, malicious_clients
 from tests.conftest import tiny_config
 
 

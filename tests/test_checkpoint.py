@@ -16,8 +16,8 @@ import tomli_w
 from safetensors.numpy import load_file
 
 import fedsim
-from fedsim.engine import checkpoint
 from fedsim.core.errors import ConfigError
+from fedsim.engine import checkpoint
 from fedsim.engine.metrics import without_wall
 from fedsim.report import read_metrics
 from fedsim.runner import resume

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-import fedsim
 from fedsim.clients.codecs import CODECS, CodecContext, build_pipeline
 from fedsim.clients.codecs.base import pack, unpack
 from fedsim.clients.codecs.quantize import from_bf16, to_bf16
 from fedsim.clients.codecs.sparsify import density
+
+import fedsim
 from fedsim.core.errors import ConfigError
 from fedsim.core.schema import Named, parse
 from tests.conftest import tiny_config

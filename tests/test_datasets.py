@@ -8,16 +8,17 @@ import os
 import pickle
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-
-from fedsim.config import from_dict
-from fedsim.core.errors import ConfigError
 from fedsim.scenarios.datasets import load_dataset
 from fedsim.scenarios.datasets.mnist import ImageRootParams
 from fedsim.scenarios.federation import build
+
+from fedsim.config import from_dict
+from fedsim.core.errors import ConfigError
 from tests.conftest import tiny_raw
 
 
@@ -97,7 +98,7 @@ def test_cifar10_refuses_pickles_that_would_run_code(tmp_path: Path) -> None:
     make_cifar(tmp_path)
 
     class Evil:
-        def __reduce__(self):  # noqa: D105
+        def __reduce__(self):
             return (os.system, ("echo pwned",))
 
     with (tmp_path / "cifar-10-batches-py" / "test_batch").open("wb") as fh:
@@ -256,7 +257,7 @@ def test_file_dataset_errors_are_one_line(tmp_path: Path) -> None:
 def test_a_hugging_face_dataset_saved_to_disk(tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
     rng = np.random.default_rng(1)
-    split = lambda n: datasets.Dataset.from_dict({"img": rng.random((n, 1, 4, 4)).astype("float32").tolist(),  # noqa: E731
+    split = lambda n: datasets.Dataset.from_dict({"img": rng.random((n, 1, 4, 4)).astype("float32").tolist(),
                                                   "label": rng.integers(0, 4, n).tolist()})
     datasets.DatasetDict({"train": split(24), "test": split(6)}).save_to_disk(str(tmp_path / "hf"))
     ds = load_dataset("file", file_config(tmp_path / "hf").data.dataset.params, 0, 2)
@@ -265,8 +266,9 @@ def test_a_hugging_face_dataset_saved_to_disk(tmp_path: Path) -> None:
 
 def test_flwr_datasets_partitioners_run_on_fedsims_labels() -> None:
     pytest.importorskip("flwr_datasets")
-    from tests.conftest import tiny_raw
     from fedsim.scenarios.federation import federated_data
+
+    from tests.conftest import tiny_raw
 
     raw = tiny_raw(data={"partitioner": {"name": "flwr_datasets", "partitioner": "DirichletPartitioner",
                                          "args": {"alpha": 0.5, "min_partition_size": 5}}})

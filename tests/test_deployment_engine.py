@@ -14,12 +14,23 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from flwr.common.config import get_fused_config_from_dir, get_project_config, validate_config
+from fedsim.clients import spec as client_spec
+from flwr.common.config import (
+    get_fused_config_from_dir,
+    get_project_config,
+    validate_config,
+)
 
 import fedsim
-from fedsim.clients import spec as client_spec
 from fedsim.config import load_config
-from fedsim.deployment import from_run_config, CONNECTION, RESULT_PREFIX, run_config, simulation_only, write_app
+from fedsim.deployment import (
+    CONNECTION,
+    RESULT_PREFIX,
+    from_run_config,
+    run_config,
+    simulation_only,
+    write_app,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

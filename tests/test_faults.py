@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from fedsim.scenarios.faults import FaultsSection, draw
 
 import fedsim
 from fedsim.core.errors import ConfigError
-from fedsim.scenarios.faults import FaultsSection, draw
 from tests.conftest import tiny_config
 
 REASONS = {

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fedsim.strategies.fedbuff import FedBuff
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 import fedsim
 from fedsim.engine.grid import NODE_ID_OFFSET
-from fedsim.strategies.fedbuff import FedBuff
 from tests.conftest import tiny_config
 from tests.test_system import system, toy_grid
 

@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
-from flwr.app import ConfigRecord
+from fedsim.clients import lora
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 import fedsim
-from fedsim.clients import lora
 from fedsim.core.errors import ConfigError
 from tests.conftest import tiny_config
 
@@ -100,7 +99,7 @@ def test_lora_bases_and_their_errors(tmp_path: Path) -> None:
         fedsim.run(cfg_with([{"name": "lora", "base": str(tmp_path / "wrong.pt")}]), write=False)
 
     class Evil:
-        def __reduce__(self):  # noqa: D105
+        def __reduce__(self):
             import os
 
             return (os.system, ("echo pwned",))

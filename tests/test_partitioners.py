@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from fedsim.core.errors import ConfigError
 from fedsim.scenarios.partitioners import (
     DirichletParams,
     IidParams,
@@ -14,6 +12,8 @@ from fedsim.scenarios.partitioners import (
     ShardsParams,
     partition,
 )
+
+from fedsim.core.errors import ConfigError
 
 
 def labels(n_per_class: int = 100, classes: int = 10, seed: int = 0) -> np.ndarray:

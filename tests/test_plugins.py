@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from fedsim.scenarios.federation import federated_data
 
 import fedsim
 from fedsim.config import from_dict
 from fedsim.core.errors import ConfigError
 from fedsim.engine.metrics import without_wall
 from fedsim.runner import check
-from fedsim.scenarios.federation import federated_data
 from tests.conftest import tiny_raw
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,7 +119,7 @@ def test_a_users_strategy_is_checked_against_its_own_signature_only() -> None:
     import types
 
     module = types.ModuleType("user_beta_strategy")
-    exec(code, module.__dict__)  # noqa: S102 - a user's module, built in the test
+    exec(code, module.__dict__)
     sys.modules["user_beta_strategy"] = module
     try:
         cfg = from_dict(plugin_raw(strategy={"name": "user_beta_strategy:BetaFedAvg", "beta": 0.9,
@@ -135,7 +135,7 @@ def test_a_users_strategy_is_checked_against_its_own_signature_only() -> None:
 
 # ------------------------------------------------------------------ registered names, other processes
 def registered_raw(**edits: Any) -> dict[str, Any]:
-    import tests.apps.plugins  # noqa: F401  (registers plugin_blobs, plugin_tinynet, plugin_blocks)
+    import tests.apps.plugins
 
     raw = plugin_raw(**edits)
     raw["data"]["dataset"] = "plugin_blobs"
@@ -328,3 +328,25 @@ def test_rounds_that_aggregate_nothing_stop_the_run_and_keep_the_initial_model(t
                      "--set", "report.progress=false", "--out", str(tmp_path / "cli"))
     assert cli.returncode == 3, cli.stderr
     assert "stopped" in cli.stdout or "stopped" in cli.stderr
+
+
+def test_a_device_distribution_and_a_loss_model_by_path() -> None:
+    from fedsim.scenarios.devices import DeviceModel
+    from fedsim.scenarios.network import LinkModel
+
+    cfg = from_dict(plugin_raw(devices={"speed": {"name": f"{P}:halves", "fast": 3.0}},
+                               network={"loss": {"name": f"{P}:every_other"}, "up_mbps": {"name": "constant",
+                                                                                         "value": 1.0}}))
+    speeds = DeviceModel(cfg.devices, 6, 0).speeds
+    assert list(speeds) == [3.0, 3.0, 3.0, 1.0, 1.0, 1.0]
+    links = LinkModel(cfg.network, 6, 0)
+    # 2 packets of 1500 B: the model loses the first transmission of every batch, so packet 1
+    # gets through at once and packet 0 is lost in all 1 + 8 (network.max_retries) attempts.
+    t = links.transfer(0, 3000, "up", 1, "train")
+    assert (t.packets, t.sent, t.retransmissions, t.lost_events, list(t.lost)) == (2, 10, 8, 9, [0])
+    assert not t.complete
+    with pytest.raises(ConfigError, match=r"devices.speed.name = 'tests.apps.plugins:negative': drew -1; "
+                                          r"this quantity must be > 0"):
+        DeviceModel(from_dict(plugin_raw(devices={"speed": {"name": f"{P}:negative"}})).devices, 6, 0)
+    with pytest.raises(ConfigError, match=r"devices.speed.fast = 'x': must be a number"):
+        from_dict(plugin_raw(devices={"speed": {"name": f"{P}:halves", "fast": "x"}}))

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL)
 
 
 @pytest.mark.slow
@@ -30,7 +30,7 @@ def test_readme_api_examples_run(index: int, tmp_path: Path) -> None:
 def test_readme_has_exactly_two_commands_that_ci_runs() -> None:
     text = (ROOT / "README.md").read_text()
     section = text.split("## Two commands", 1)[1].split("\n## ", 1)[0]
-    commands = re.findall(r"```bash\n(.*?)\n```", section, flags=re.S)
+    commands = re.findall(r"```bash\n(.*?)\n```", section, flags=re.DOTALL)
     assert len(commands) == 2
     assert commands[0].endswith("fedsim run quickstart")
     assert commands[1] in (ROOT / ".ci" / "run").read_text()

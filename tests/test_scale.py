@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tomli_w
+from fedsim.scenarios.federation import federated_data
+from fedsim.scenarios.lazy import CACHE_DEVICES, LazyFederatedData, device_size
 
 from fedsim.config import from_dict
 from fedsim.core.errors import ConfigError
-from fedsim.scenarios.federation import federated_data
-from fedsim.scenarios.lazy import CACHE_DEVICES, LazyFederatedData, device_size
 from tests.conftest import tiny_raw
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fedsim.strategies.aggregation import (
+    buffered_step,
+    fednova,
+    fednova_normalizer,
+    staleness_weight,
+    weighted_mean,
+)
+from fedsim.strategies.registry import (
+    FLOWER_BUILTINS,
+    STRATEGIES,
+    build_strategy,
+    resolve_strategy_args,
+)
 
 import fedsim
 from fedsim.core.errors import ConfigError
-from fedsim.strategies.aggregation import buffered_step, fednova, fednova_normalizer, staleness_weight, weighted_mean
-from fedsim.strategies.registry import FLOWER_BUILTINS, STRATEGIES, build_strategy, resolve_strategy_args
 from tests.conftest import tiny_config
 
 

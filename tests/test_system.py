@@ -7,20 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fedsim.scenarios.devices import DevicesSection
+from fedsim.scenarios.network import GilbertElliottParams, LinkModel, NetworkSection
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 import fedsim
 from fedsim.core.errors import ConfigError
+from fedsim.core.schema import parse
 from fedsim.engine.executors import AppRef
 from fedsim.engine.executors.serial import SerialExecutor
 from fedsim.engine.grid import NODE_ID_OFFSET, Exchange, SimulationGrid
 from fedsim.engine.metrics import SYSTEM_COUNTS, WALL_FIELDS
-from fedsim.engine.policies import POLICIES, RoundPolicy, RoundSection, Selection
-from fedsim.core.schema import parse
+from fedsim.engine.policies import RoundSection, Selection
 from fedsim.engine.system import SystemModel
-from fedsim.scenarios.devices import DevicesSection
-from fedsim.scenarios.network import GilbertElliottParams, LinkModel, NetworkSection
 from tests.conftest import tiny_config
 from tests.test_grid import initial
 
@@ -185,9 +185,14 @@ def test_speed_trace_and_distributions(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"devices.speed.path = .*speeds.csv': the trace holds -2; this quantity must be > 0"):
         parse(DevicesSection, {"speed": {"name": "trace", "path": str(trace), "column": "speed"}}, "devices")
     rng = np.random.default_rng(0)
-    from fedsim.scenarios.distributions import sample
+    from fedsim.scenarios.distributions import (
+        LogNormalParams,
+        ParetoParams,
+        TiersParams,
+        sample,
+    )
+
     from fedsim.core.schema import Named
-    from fedsim.scenarios.distributions import LogNormalParams, ParetoParams, TiersParams
 
     assert abs(np.median(sample(Named("lognormal", LogNormalParams(mu=1.0, sigma=0.5)), rng, 20000)) - math.e) < 0.1
     par = sample(Named("pareto", ParetoParams(shape=3.0, scale=2.0)), rng, 20000)

@@ -6,10 +6,17 @@ import math
 
 import pytest
 import torch
+from fedsim.clients import trainer
+from fedsim.clients.models import (
+    MODELS,
+    CNNParams,
+    LogRegParams,
+    MLPParams,
+    build_model,
+    init_model,
+)
 from torch import nn
 
-from fedsim.clients import trainer
-from fedsim.clients.models import MODELS, CNNParams, LogRegParams, MLPParams, build_model, init_model
 from fedsim.core import seeding
 from fedsim.core.errors import ConfigError
 

@@ -6,11 +6,11 @@ import logging
 
 import pytest
 import torch
+from fedsim.clients.trainer import TrainSettings, train
+from fedsim.clients.vectorized import Job, train_many, unsupported
 from torch import nn
 
 import fedsim
-from fedsim.clients.trainer import TrainSettings, train
-from fedsim.clients.vectorized import Job, train_many, unsupported
 from tests.conftest import tiny_config
 
 
@@ -131,6 +131,7 @@ def test_codec_falls_back_to_per_client_and_says_so_once(caplog: pytest.LogCaptu
 
 def test_device_choice_is_validated_and_auto_is_cpu_here() -> None:
     from fedsim.clients.device import resolve
+
     from fedsim.core.errors import ConfigError
 
     if not torch.cuda.is_available():

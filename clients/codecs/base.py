@@ -43,7 +43,7 @@ def register_codec(name: str, params: type) -> Callable[[type], type]:
 
 
 def resolve_codec(name: str, raw: Mapping[str, Any], path: str) -> Any:
-    import fedsim.clients.codecs  # noqa: F401  (registers every codec, "lora" included)
+    import fedsim.clients.codecs
 
     return CODECS.resolve_params(name, raw, path)
 

@@ -9,8 +9,16 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from fedsim.clients.codecs.base import (
+    Arrays,
+    Codec,
+    CodecContext,
+    is_float,
+    pack,
+    register_codec,
+    unpack,
+)
 
-from fedsim.clients.codecs.base import Arrays, Codec, CodecContext, is_float, pack, register_codec, unpack
 from fedsim.core.schema import option
 
 

@@ -21,8 +21,14 @@ import dataclasses
 import math
 
 import numpy as np
+from fedsim.clients.codecs.base import (
+    Arrays,
+    Codec,
+    CodecContext,
+    is_float,
+    register_codec,
+)
 
-from fedsim.clients.codecs.base import Arrays, Codec, CodecContext, is_float, register_codec
 from fedsim.core.schema import option
 
 

@@ -18,9 +18,9 @@ import struct
 import time
 
 import numpy as np
+from fedsim.clients.codecs.base import MARKER, CodecContext, Pipeline
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
-from fedsim.clients.codecs.base import MARKER, CodecContext, Pipeline
 from fedsim.core.records import arrays_of, configs_of
 
 STATE = "fedsim-codec-state"

@@ -87,7 +87,7 @@ def import_module(name: str, field: str, value: Any = None) -> types.ModuleType:
         missing = exc.name or name
         hint = "" if missing != name.split(".")[0] else f"; is it importable from {os.getcwd()}?"
         raise ConfigError(field, shown, f"cannot import module {name!r}: no module named {missing!r}{hint}") from None
-    except Exception as exc:  # noqa: BLE001 - the user's module raised while importing
+    except Exception as exc:
         raise ConfigError(field, shown, f"importing {name!r} raised {_user_error(exc)}") from None
 
 
@@ -206,7 +206,7 @@ def signature_args(obj: Any, raw: Mapping[str, Any], path: str, provided: Iterab
         return KwArgs(dict(raw))
     try:
         hints = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
-    except Exception:  # noqa: BLE001 - unresolvable annotations: skip type checks
+    except Exception:
         hints = {}
     params = {n: p for n, p in sig.parameters.items()
               if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}

@@ -108,7 +108,7 @@ class Registry(Generic[T]):
         raise TypeError(f"the {self.kind} registry is not a module attribute of fedsim and cannot be pickled")
 
     @property
-    def registry(self) -> "Registry[T]":
+    def registry(self) -> Registry[T]:
         """Itself (a scenario field's resolver names the registry it looks names up in)."""
         return self
 
@@ -129,7 +129,7 @@ def _caller_module() -> str:
     return frame.f_globals.get("__name__", "") if frame is not None else ""
 
 
-def _registry_at(module: str, attr: str) -> "Registry[Any]":
+def _registry_at(module: str, attr: str) -> Registry[Any]:
     import importlib
 
     return getattr(importlib.import_module(module), attr)

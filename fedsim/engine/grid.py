@@ -28,12 +28,21 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedsim.clients.codecs import CodecContext, Pipeline
 from fedsim.clients.codecs.transport import decode_reply, is_encoded, reference_arrays
 from fedsim.core import keys, seeding
+from fedsim.core.arrays import array_view
+from fedsim.core.records import array_bytes, arrays_of, configs_of, metrics_of
 from fedsim.engine.clock import VirtualClock
 from fedsim.engine.executors.base import Executor, Task, TaskResult, error_reply
-from fedsim.core.arrays import array_view
 from fedsim.engine.payload import implausible
-from fedsim.engine.system import DROPOUT, MODEL_LOST, OK, REPLY_LOST, UNAVAILABLE, Dispatch, SystemModel, overcommit_nodes
-from fedsim.core.records import array_bytes, arrays_of, configs_of, metrics_of
+from fedsim.engine.system import (
+    DROPOUT,
+    MODEL_LOST,
+    OK,
+    REPLY_LOST,
+    UNAVAILABLE,
+    Dispatch,
+    SystemModel,
+    overcommit_nodes,
+)
 
 #: Node ids are ``NODE_ID_OFFSET + partition id``.
 NODE_ID_OFFSET = 1_000_000
@@ -383,7 +392,7 @@ class SimulationGrid(Grid):
         self._emit(phase, rnd, items, sim, kept_slots=list(range(len(items))), sampled=len(items),
                    start=min(starts, default=self.clock.now), waited=0.0, late=0, extra=0)
 
-    def _emit(self, phase: str, rnd: int, items: list[tuple[str, Message]], sim: "_Simulated", kept_slots: list[int],
+    def _emit(self, phase: str, rnd: int, items: list[tuple[str, Message]], sim: _Simulated, kept_slots: list[int],
               sampled: int, start: float, waited: float, late: int, extra: int) -> None:
         if self.observer is None:
             return
@@ -411,7 +420,7 @@ class SimulationGrid(Grid):
             decode_seconds=sim.decode_seconds))
 
     def _simulate(self, phase: str, rnd: int, items: list[tuple[str, Message]], starts: list[float],
-                  deadline: float | None, drop_stragglers: bool) -> "_Simulated":
+                  deadline: float | None, drop_stragglers: bool) -> _Simulated:
         """Dispatch, run and deliver one phase's messages; arrivals are relative to each start."""
         sim = _Simulated([math.inf] * len(items), [None] * len(items), {}, 0, 0, 0.0)
         jobs = self._dispatch(phase, rnd, items, starts, deadline, sim)
@@ -427,7 +436,7 @@ class SimulationGrid(Grid):
         return sim
 
     def _dispatch(self, phase: str, rnd: int, items: list[tuple[str, Message]], starts: list[float],
-                  deadline: float | None, sim: "_Simulated") -> list["_Job"]:
+                  deadline: float | None, sim: _Simulated) -> list[_Job]:
         """Each message's fate before its ClientApp runs (node known? online? model arrived?
         dropout? compute budget?); the messages that reach a ClientApp, as jobs."""
         system = self.system
@@ -462,8 +471,8 @@ class SimulationGrid(Grid):
             jobs.append(_Job(slot, cid, task, d, purpose))
         return jobs
 
-    def _protocol_stragglers(self, phase: str, rnd: int, jobs: list["_Job"], drop: bool,
-                             counts: dict[str, int]) -> list["_Job"]:
+    def _protocol_stragglers(self, phase: str, rnd: int, jobs: list[_Job], drop: bool,
+                             counts: dict[str, int]) -> list[_Job]:
         """FedProx's straggler protocol: designated stragglers are dropped (``drop``) or told
         to run fewer local epochs."""
         slow = self.system.stragglers(rnd, phase, [job.cid for job in jobs])
@@ -482,7 +491,7 @@ class SimulationGrid(Grid):
                 kept.append(job)
         return kept
 
-    def _receive(self, phase: str, rnd: int, job: "_Job", reply: Message, sim: "_Simulated",
+    def _receive(self, phase: str, rnd: int, job: _Job, reply: Message, sim: _Simulated,
                  references: dict[int, dict[str, np.ndarray]]) -> tuple[Message | None, float]:
         """One reply on its way back: finite? uplink (loss, damage), codec decoding,
         plausibility, shape checks, probes. Returns (the reply the server gets or None
@@ -524,7 +533,7 @@ class SimulationGrid(Grid):
             self.probe(rnd, job.cid, task.message, reply)  # what the server received, decoded
         return reply, a.arrival
 
-    def _decode(self, rnd: int, job: "_Job", reply: Message, a: Any,
+    def _decode(self, rnd: int, job: _Job, reply: Message, a: Any,
                 references: dict[int, dict[str, np.ndarray]]) -> Message:
         """Undo the codec chain (the global model sent is the reference); a damaged payload
         becomes an error reply."""
@@ -535,7 +544,7 @@ class SimulationGrid(Grid):
                 references[ref_key] = reference_arrays(job.task.message)
             assert self.codec is not None
             return decode_reply(self.codec, reply, job.task.message, ctx, references[ref_key])
-        except Exception as exc:  # noqa: BLE001 - a damaged payload must not stop the run
+        except Exception as exc:
             a.reason = f"reply excluded: payload could not be decoded ({type(exc).__name__}: {exc})"
             return error_reply(job.task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, a.reason)
 

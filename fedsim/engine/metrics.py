@@ -13,9 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 from fedsim.core import keys
+from fedsim.core.records import metrics_of
 from fedsim.engine.clock import VirtualClock
 from fedsim.engine.grid import Exchange, weighted_metric
-from fedsim.core.records import metrics_of
 
 #: Record fields that hold wall-clock measurements (everything else is deterministic).
 WALL_FIELDS = ("wall_round_s", "wall_total_s", "wall_client_s", "wall_train_s", "wall_encode_s", "wall_decode_s",

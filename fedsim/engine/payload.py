@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, RecordDict
+
 from fedsim.core.arrays import array_view
 from fedsim.core.records import arrays_of
 

@@ -50,7 +50,7 @@ class RoundPolicy:
     gives_budget = False
     drops_protocol_stragglers = False
 
-    def __init__(self, section: "RoundSection") -> None:
+    def __init__(self, section: RoundSection) -> None:
         self.section = section
 
     @property

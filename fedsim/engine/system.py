@@ -17,12 +17,12 @@ from flwr.app import Message, RecordDict
 from flwr.common.constant import ErrorCode
 
 from fedsim.core import keys, seeding
+from fedsim.core.records import array_bytes, metrics_of
 from fedsim.engine.executors.base import error_reply
 from fedsim.engine.payload import fill_missing, flip_bits, implausible, missing_values
 from fedsim.engine.policies import RoundSection
 from fedsim.scenarios.devices import DeviceModel, DevicesSection
 from fedsim.scenarios.network import LinkModel, NetworkSection, Transfer
-from fedsim.core.records import array_bytes, metrics_of
 
 # Outcome statuses
 OK = "ok"
@@ -67,7 +67,7 @@ class SystemModel:
         self.straggler_epochs = max(1, max_epochs)
 
     @classmethod
-    def default(cls, num_clients: int, seed: int) -> "SystemModel":
+    def default(cls, num_clients: int, seed: int) -> SystemModel:
         return cls(DevicesSection(), NetworkSection(), RoundSection(), num_clients, seed)
 
     @property

@@ -17,6 +17,7 @@ from torch import nn
 
 from fedsim.core.registry import PathContract, PluginRegistry, subclass_of
 
+
 def _adapt(obj: Any, target: str, field: str) -> Any:
     return subclass_of(Attack, "an attack is built as cls(params)")(obj, target, field)
 
@@ -32,7 +33,7 @@ def register_attack(name: str, params: type) -> Callable[[type], type]:
 
 
 def resolve_attack(name: str, raw: Mapping[str, Any], path: str) -> Any:
-    import fedsim.scenarios.attacks  # noqa: F401  (registers the attacks)
+    import fedsim.scenarios.attacks
 
     return ATTACKS.resolve_params(name, raw, path)
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from fedsim.scenarios.attacks.base import ProbeView
 from torch import nn
 from torch.func import functional_call
-
-from fedsim.scenarios.attacks.base import ProbeView
 
 
 def trainable(view: ProbeView) -> list[str]:

@@ -9,11 +9,23 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from fedsim.scenarios.attacks.base import (
+    Attack,
+    ProbeView,
+    Reconstruction,
+    register_attack,
+)
+from fedsim.scenarios.attacks.common import (
+    gradients,
+    infer_labels,
+    last_layer,
+    model_at_global,
+    pseudo_gradient,
+    trainable,
+)
 
 from fedsim.core.errors import ConfigError
 from fedsim.core.schema import option
-from fedsim.scenarios.attacks.base import Attack, ProbeView, Reconstruction, register_attack
-from fedsim.scenarios.attacks.common import gradients, infer_labels, last_layer, model_at_global, pseudo_gradient, trainable
 
 
 @dataclasses.dataclass(frozen=True)

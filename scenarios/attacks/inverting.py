@@ -12,10 +12,12 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-
-from fedsim.core.errors import ConfigError
-from fedsim.core.schema import option
-from fedsim.scenarios.attacks.base import Attack, ProbeView, Reconstruction, register_attack
+from fedsim.scenarios.attacks.base import (
+    Attack,
+    ProbeView,
+    Reconstruction,
+    register_attack,
+)
 from fedsim.scenarios.attacks.common import (
     cosine_distance,
     gradients,
@@ -28,6 +30,9 @@ from fedsim.scenarios.attacks.common import (
     trainable,
     unrolled_update,
 )
+
+from fedsim.core.errors import ConfigError
+from fedsim.core.schema import option
 
 
 @dataclasses.dataclass(frozen=True)

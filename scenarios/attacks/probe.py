@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from fedsim.scenarios.attacks import metrics as leak
+from fedsim.scenarios.attacks.base import ATTACKS, ProbeView
 from flwr.app import Message
 
 from fedsim.core import keys, seeding
 from fedsim.core.errors import ConfigError
 from fedsim.core.schema import Named, named, option
-from fedsim.scenarios.attacks import metrics as leak
-from fedsim.scenarios.attacks.base import ATTACKS, ProbeView
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from fedsim.core.errors import ConfigError
 from fedsim.scenarios.datasets.base import Dataset, register_dataset
 from fedsim.scenarios.datasets.mnist import ImageRootParams, find_files
+
+from fedsim.core.errors import ConfigError
 
 FILES = {f"data_batch_{i}": f"data_batch_{i}" for i in range(1, 6)} | {"test_batch": "test_batch"}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from fedsim.scenarios.datasets.base import Dataset, NoParams, register_dataset
 
 

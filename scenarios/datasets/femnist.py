@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-
-from fedsim.core.errors import ConfigError
 from fedsim.scenarios.datasets.base import Dataset, register_dataset
 from fedsim.scenarios.datasets.mnist import ImageRootParams
+
+from fedsim.core.errors import ConfigError
 
 
 def _read_split(folder: Path, writer_ids: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

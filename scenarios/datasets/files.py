@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fedsim.scenarios.datasets.base import Dataset, as_dataset, register_dataset
 
 from fedsim.core.errors import ConfigError
 from fedsim.core.schema import option
-from fedsim.scenarios.datasets.base import Dataset, as_dataset, register_dataset
 
 FIELD = "data.dataset"
 

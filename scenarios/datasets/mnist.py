@@ -13,10 +13,10 @@ import gzip
 from pathlib import Path
 
 import numpy as np
+from fedsim.scenarios.datasets.base import Dataset, register_dataset
 
 from fedsim.core.errors import ConfigError
 from fedsim.core.schema import option
-from fedsim.scenarios.datasets.base import Dataset, register_dataset
 
 FILES = {
     "train_x": "train-images-idx3-ubyte",

@@ -14,11 +14,11 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from fedsim.scenarios.datasets.base import Dataset, register_dataset
 
 from fedsim.core import seeding
 from fedsim.core.errors import ConfigError
 from fedsim.core.schema import option
-from fedsim.scenarios.datasets.base import Dataset, register_dataset
 
 
 @dataclasses.dataclass(frozen=True)

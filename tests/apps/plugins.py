@@ -12,15 +12,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-
 from fedsim.clients.codecs import Codec, CodecContext
 from fedsim.clients.models import register_model
-from fedsim.engine.policies import RoundPolicy, Selection
 from fedsim.scenarios.attacks import Attack, ProbeView, Reconstruction
 from fedsim.scenarios.datasets import register_dataset
 from fedsim.scenarios.datasets.base import as_dataset
 from fedsim.scenarios.partitioners import register_partitioner
+from torch import nn
+
+from fedsim.engine.policies import RoundPolicy, Selection
 
 
 def blobs(n: int = 300, dim: int = 6, classes: int = 3, seed: int = 0) -> dict[str, Any]:
@@ -118,3 +118,18 @@ class BlocksParams:
 def _blocks_registered(y: np.ndarray, groups: Any, num_clients: int, params: BlocksParams,
                        rng: np.random.Generator) -> list[np.ndarray]:
     return blocks(y, num_clients, rng, params.shuffle)
+
+
+def halves(rng: np.random.Generator, n: int, fast: float = 4.0) -> np.ndarray:
+    """A device-speed distribution by path: the first half of the clients are ``fast`` times faster."""
+    return np.where(np.arange(n) < n // 2, fast, 1.0)
+
+
+def negative(rng: np.random.Generator, n: int) -> np.ndarray:
+    return -np.ones(n)
+
+
+def every_other(rng: np.random.Generator, m: int, state: list[bool], start: bool = True) -> np.ndarray:
+    """A packet-loss model by path: every other transmission is lost (the first if ``start``)."""
+    lost = (np.arange(m) % 2 == 0) if start else (np.arange(m) % 2 == 1)
+    return lost

@@ -4,6 +4,12 @@ Both take the same `Task` list and return `TaskResult`s in the same order, so re
 never depend on which executor ran them.
 """
 
-from fedsim.engine.executors.base import AppRef, Executor, Task, TaskResult, make_executor
+from fedsim.engine.executors.base import (
+    AppRef,
+    Executor,
+    Task,
+    TaskResult,
+    make_executor,
+)
 
 __all__ = ["AppRef", "Executor", "Task", "TaskResult", "make_executor"]

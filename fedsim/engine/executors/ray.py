@@ -25,7 +25,14 @@ from flwr.common.constant import ErrorCode
 
 from fedsim.core.errors import ConfigError
 from fedsim.core.keys import PARTITION_ID
-from fedsim.engine.executors.base import AppRef, Task, TaskResult, copy_content, error_reply, execute
+from fedsim.engine.executors.base import (
+    AppRef,
+    Task,
+    TaskResult,
+    copy_content,
+    error_reply,
+    execute,
+)
 
 _IN_FLIGHT_PER_ACTOR = 2
 _READY_TIMEOUT_S = 120.0
@@ -198,7 +205,7 @@ class RayExecutor:
         for actor in self._actors:
             try:
                 ray.kill(actor, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone
+            except Exception:
                 pass
         self._actors = []
         if self._owns_ray and ray.is_initialized():
@@ -253,7 +260,7 @@ class RayExecutor:
         def replace(slot: int) -> None:
             try:
                 ray.kill(self._actors[slot], no_restart=True)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
             self._actors[slot] = self._new_actor(slot)
             self.actors_replaced += 1

@@ -7,7 +7,14 @@ from typing import Any
 
 from flwr.clientapp import ClientApp
 
-from fedsim.engine.executors.base import AppRef, Task, TaskResult, copy_content, execute, with_content
+from fedsim.engine.executors.base import (
+    AppRef,
+    Task,
+    TaskResult,
+    copy_content,
+    execute,
+    with_content,
+)
 
 
 class SerialExecutor:

@@ -20,9 +20,16 @@ import torch
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from fedsim.core import keys, seeding
-from fedsim.engine.executors.base import AppRef, Task, TaskResult, copy_content, execute, with_content
-from fedsim.engine.executors.serial import SerialExecutor
 from fedsim.core.arrays import array_view, fast_array
+from fedsim.engine.executors.base import (
+    AppRef,
+    Task,
+    TaskResult,
+    copy_content,
+    execute,
+    with_content,
+)
+from fedsim.engine.executors.serial import SerialExecutor
 
 log = logging.getLogger("fedsim")
 FEDSIM_APP = "fedsim.clients.app:app"
