@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_app = sub.add_parser("run-app", help="run an existing Flower app folder on fedsim's simulated grid")
     p_app.add_argument("path", help="folder with the app's pyproject.toml")
-    p_app.add_argument("--run-config", dest="run_config", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a key of [tool.flwr.app.config] (repeatable)")
+    p_app.add_argument("--run-config", dest="run_config", action="append", default=[], metavar='"KEY=VALUE ..."',
+                       help="override keys of [tool.flwr.app.config], as `flwr run --run-config` does: several "
+                            "pairs in one string, repeatable, or one TOML file")
     p_app.add_argument("--num-supernodes", type=int, default=None,
                        help="number of simulated SuperNodes (default: the app's federation, else 10)")
     p_app.add_argument("--executor", choices=("serial", "ray"), default="serial")
@@ -49,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_app.add_argument("--out", default=None, help="results folder")
     p_app.add_argument("--verbose", action="store_true", help="show Flower's INFO logs")
     p_app.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p_app.add_argument("--system", default=None, metavar="SCENARIO.toml",
-                       help="simulate the [devices], [network] and [round] sections of this scenario file")
+    p_app.add_argument("--system", default=None, metavar="SCENARIO",
+                       help="simulate the [devices], [network] and [round] sections of this scenario file or preset "
+                            "(e.g. stragglers, mobile, lossy)")
 
     p_sweep = sub.add_parser("sweep", help="run every cell of a scenario's [sweep] grid (resumable)")
     p_sweep.add_argument("scenario", help="a scenario .toml with a [sweep] table, or a preset name")
@@ -171,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
 
             res = run_app(args.path, run_config=args.run_config, num_supernodes=args.num_supernodes,
                           executor=args.executor, num_actors=args.num_actors, seed=args.seed, out_dir=args.out,
-                          verbose=args.verbose, plots=not args.no_plots, system=args.system)
+                          verbose=args.verbose, plots=not args.no_plots, system=args.system,
+                          progress=sys.stderr.isatty())
             print(f"{res.summary['app']}: {res.summary['rounds']} rounds on {res.summary['num_supernodes']} "
                   f"simulated SuperNodes; results in {res.out_dir}")
             return 0

@@ -84,10 +84,10 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.mean(vals), (statistics.pstdev(vals) if len(vals) > 1 else 0.0)
 
 
-def to_target(records: list[dict[str, Any]], target: float) -> tuple[int | None, float | None]:
-    """First round whose centralized accuracy reaches ``target``, and its virtual time."""
+def to_target(records: list[dict[str, Any]], target: float, key: str = "central_acc") -> tuple[int | None, float | None]:
+    """First round whose accuracy (``key``) reaches ``target``, and its virtual time."""
     for r in records:
-        if r.get("central_acc") is not None and r["central_acc"] >= target:
+        if r.get(key) is not None and r[key] >= target:
             vt = r.get("virtual_time_s")
             return int(r["round"]), (None if vt is None else float(vt))
     return None, None
@@ -99,9 +99,13 @@ def summarize(loaded: Loaded, target: float) -> list[dict[str, Any]]:
         groups.setdefault(run.group, []).append(run)
     rows = []
     for group, runs in groups.items():
-        finals = [r.summary.get("final_central_acc") for r in runs]
-        bests = [r.summary.get("best_central_acc") for r in runs]
-        reach = [to_target(r.records, target) for r in runs]
+        # The centralized accuracy; a run without one (a Flower app evaluating only on its
+        # clients) is summarized by its federated accuracy, and the row says so.
+        central = any(r.summary.get("final_central_acc") is not None for r in runs)
+        key = "central_acc" if central else "fed_acc"
+        finals = [next((x[key] for x in reversed(r.records) if x.get(key) is not None), None) for r in runs]
+        bests = [max((x[key] for x in r.records if x.get(key) is not None), default=None) for r in runs]
+        reach = [to_target(r.records, target, key) for r in runs]
         rounds = [t[0] for t in reach if t[0] is not None]
         clocked = any((r.summary.get("virtual_time_s") or 0) > 0 for r in runs)  # else no virtual clock
         vtimes = [t[1] for t in reach if t[1] is not None] if clocked else []
@@ -122,6 +126,7 @@ def summarize(loaded: Loaded, target: float) -> list[dict[str, Any]]:
             "probe_psnr_mean": statistics.mean(psnr) if psnr else None,
             "client_failures": sum(int(r.summary.get("client_failures", 0)) for r in runs),
             "failed_cells": sum(1 for f in loaded.failed if f["label"] == group),
+            "accuracy": "centralized" if central else "federated",
             "point": runs[0].point,
         })
     for f in loaded.failed:  # configurations whose every seed failed
@@ -136,7 +141,7 @@ def summarize(loaded: Loaded, target: float) -> list[dict[str, Any]]:
 
 CSV_FIELDS = ["config", "seeds", "final_acc_mean", "final_acc_std", "best_acc_mean", "best_acc_std", "target",
               "reached", "rounds_to_target", "virtual_s_to_target", "bytes_up_mean", "bytes_total_mean", "virtual_time_s_mean",
-              "probe_psnr_mean", "client_failures", "failed_cells"]
+              "probe_psnr_mean", "client_failures", "failed_cells", "accuracy"]
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:

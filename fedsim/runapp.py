@@ -23,10 +23,10 @@ from flwr.common.config import flatten_dict, get_project_config
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import ServerApp
 
-from fedsim import report
-from fedsim.config import load_toml
+from fedsim import legacybatch, report
+from fedsim.apptap import ResultTap
+from fedsim.config import load_toml, resolve_scenario
 from fedsim.core.errors import ConfigError
-from fedsim.core.overrides import parse_override_value
 from fedsim.core.schema import parse
 from fedsim.engine.executors import AppRef, make_executor
 from fedsim.engine.executors.base import load_object
@@ -34,6 +34,7 @@ from fedsim.engine.grid import SimulationGrid
 from fedsim.engine.metrics import Recorder
 from fedsim.engine.policies import RoundSection
 from fedsim.engine.system import SystemModel
+from fedsim.progress import RoundProgress
 from fedsim.runner import flower_log_level, torch_threads
 from fedsim.scenarios.devices import DevicesSection
 from fedsim.scenarios.network import NetworkSection
@@ -85,33 +86,47 @@ def read_app(path: str | Path) -> FlowerApp:
 
 
 def load_system(path: str | Path, num_nodes: int, seed: int) -> SystemModel:
-    """The devices, links and round policy of a scenario file (other sections are ignored)."""
-    raw = load_toml(path)
+    """The devices, links and round policy of a scenario file or preset (other sections are ignored)."""
+    raw = load_toml(resolve_scenario(path))
     sections = {key: raw.get(key, {}) for key in ("devices", "network", "round")}
     return SystemModel(parse(DevicesSection, sections["devices"], "devices"),
                        parse(NetworkSection, sections["network"], "network"),
                        parse(RoundSection, sections["round"], "round"), num_nodes, seed)
 
 
+def fused_run_config(app: FlowerApp, items: Iterable[str]) -> dict[str, Any]:
+    """The app's run config with ``--run-config`` overrides, parsed and fused by Flower's own
+    functions (several ``key=value`` pairs per string, a TOML file; a key the app does not
+    declare is an error, as in ``flwr run``)."""
+    import click
+    from flwr.common.config import fuse_dicts, parse_config_args
+
+    items = [i for i in items if i]
+    try:
+        overrides = parse_config_args(items) if items else {}
+    except (ValueError, OSError, click.ClickException) as exc:
+        text = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+        raise ConfigError("--run-config", " ".join(items), " ".join(text.split())) from None
+    unknown = [k for k in overrides if k not in app.run_config]
+    if unknown:
+        raise ConfigError(f"--run-config {unknown[0]}", overrides[unknown[0]],
+                          f"unknown key; the app declares: {', '.join(app.run_config) or 'none'}")
+    return fuse_dicts(dict(app.run_config), overrides)
+
+
 def run_app(path: str | Path, *, run_config: Iterable[str] = (), num_supernodes: int | None = None,
             executor: str = "serial", num_actors: int = 0, seed: int = 0, out_dir: str | Path | None = None,
             threads: int = 1, verbose: bool = False, plots: bool = True,
-            system: str | Path | None = None) -> AppRunResult:
-    """Run a Flower app folder on a `SimulationGrid`; ``run_config`` items are ``key=value``.
+            system: str | Path | None = None, progress: bool = True) -> AppRunResult:
+    """Run a Flower app folder on a `SimulationGrid`; ``run_config`` items use Flower's syntax
+    (``"key1=1 key2='x'"``, or one TOML file).
 
-    ``system`` is a scenario TOML whose ``[devices]``, ``[network]`` and ``[round]``
-    sections simulate the devices, links and round policy around the app (the app's own
-    ``timeout`` is the virtual deadline under the deadline policies).
+    ``system`` is a scenario TOML (or a preset name) whose ``[devices]``, ``[network]``
+    and ``[round]`` sections simulate the devices, links and round policy around the app
+    (the app's own ``timeout`` is the virtual deadline under the deadline policies).
     """
     app = read_app(path)
-    config = dict(app.run_config)
-    for item in run_config:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError("--run-config", item, "must look like key=value")
-        if key.strip() not in config:
-            raise ConfigError(f"--run-config {key.strip()}", text, f"unknown key; the app defines: {', '.join(config) or 'none'}")
-        config[key.strip()] = parse_override_value(text.strip())
+    config = fused_run_config(app, run_config)
     n = num_supernodes or app.num_supernodes or DEFAULT_SUPERNODES
     if n < 1:
         raise ConfigError("--num-supernodes", n, "must be >= 1")
@@ -119,23 +134,33 @@ def run_app(path: str | Path, *, run_config: Iterable[str] = (), num_supernodes:
         sys.path.insert(0, str(app.path))
     server_app = load_object(app.serverapp, ServerApp, "tool.flwr.app.components.serverapp")
     client_ref = AppRef(app.clientapp, paths=(str(app.path),))
+    system_model = load_system(system, n, seed) if system else None
 
     out = Path(out_dir) if out_dir else Path("results") / f"{app.path.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     writer = report.RunWriter(out)
-    recorder = Recorder(auto_close=True, on_record=writer.append)
+    rounds = config.get("num-server-rounds")
+    bar = RoundProgress(rounds if isinstance(rounds, int) and rounds > 0 else 0, app.path.name, enabled=progress)
+    errors = ClientErrors()
+
+    def on_record(record: dict[str, Any]) -> None:
+        writer.append(record)
+        bar.update(record)
+
+    recorder = Recorder(auto_close=True, on_record=on_record, client_metrics=True)
     kwargs: dict[str, Any] = {"threads": threads}
     if executor == "ray":
         kwargs["num_actors"] = num_actors
     ex = make_executor(executor, **kwargs)
-    system_model = load_system(system, n, seed) if system else None
-    with flower_log_level(verbose), torch_threads(threads):
+    with flower_log_level(verbose), torch_threads(threads), bar:
         grid = SimulationGrid(n, ex, seed=seed, observer=recorder.on_exchange, system=system_model)
+        grid.on_client_error = errors
         recorder.clock = grid.clock
         ex.start(client_ref, grid.run.run_id, config)
         context = Context(run_id=grid.run.run_id, node_id=SUPERLINK_NODE_ID, node_config={},
                           state=RecordDict(), run_config=config)
         try:
-            server_app(grid, context)
+            with ResultTap(recorder).installed(), legacybatch.batched():
+                server_app(grid, context)
         finally:
             ex.shutdown()
             recorder.flush()
@@ -147,3 +172,16 @@ def run_app(path: str | Path, *, run_config: Iterable[str] = (), num_supernodes:
         report.plot_curves(recorder.records, out)
         report.plot_system(recorder.records, out)
     return AppRunResult(history=recorder.records, summary=summary, out_dir=out, context=context)
+
+
+class ClientErrors:
+    """Counts failed client calls and shows the first one's traceback (the ClientApp's own frames)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, rnd: int, cid: int, phase: str, trace: str) -> None:
+        self.count += 1
+        if self.count == 1:
+            log.warning("round %d: client %d raised in %s (first client failure; later ones are counted in "
+                        "metrics.jsonl):\n%s", rnd, cid, phase, trace.rstrip())

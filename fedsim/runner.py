@@ -27,7 +27,7 @@ from fedsim.core import seeding
 from fedsim.core.errors import ConfigError
 from fedsim.engine import checkpoint
 from fedsim.engine.executors import make_executor
-from fedsim.engine.grid import SimulationGrid
+from fedsim.engine.grid import SimulationGrid, expects_model_replies
 from fedsim.engine.metrics import Recorder
 from fedsim.engine.system import SystemModel
 from fedsim.progress import RoundProgress
@@ -296,6 +296,7 @@ def _run(cfg: Config, out: Path | None, writer: report.RunWriter | None, ck: Any
         if ck is not None:
             start_round, initial = _restore(ck, setup, grid, recorder, writer)
         recorder.clock = grid.clock
+        grid.model_replies = expects_model_replies(strategy)
         if cfg.server.reduce_replies and not cfg.probe.enabled:
             from fedsim.engine.streaming import reducible
 

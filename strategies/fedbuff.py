@@ -60,6 +60,7 @@ class _Loop:
 
 @register_strategy("fedbuff")
 class FedBuff(Strategy):
+    fedsim_model_replies = True  # its training replies carry the model (see fedsim.engine.grid.malformed)
     fedsim_arg_rules = {
         "concurrency": (lambda v: v >= 1, "must be >= 1"),
         "buffer_size": (lambda v: v >= 1, "must be >= 1 (K)"),

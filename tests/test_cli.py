@@ -44,7 +44,7 @@ def test_run_app_runs_an_unmodified_flower_app_serial_and_ray(tmp_path: Path) ->
     runs = {}
     for executor in ("serial", "ray"):
         out = tmp_path / executor
-        proc = fedsim_cli("run-app", str(W1APP), "--run-config", "num-server-rounds=3", "--run-config", "num-devices=20",
+        proc = fedsim_cli("run-app", str(W1APP), "--run-config", "num-server-rounds=3 num-devices=20",
                           "--num-supernodes", "20",
                           "--executor", executor, "--num-actors", "2", "--out", str(out))
         assert proc.returncode == 0, proc.stderr
@@ -54,8 +54,13 @@ def test_run_app_runs_an_unmodified_flower_app_serial_and_ray(tmp_path: Path) ->
     # The ServerApp's own centralized accuracy and loss, identical (loop_s is a wall time).
     assert (acc_s["accuracy"], acc_s["loss"]) == (acc_r["accuracy"], acc_r["loss"])
     assert [without_wall(r) for r in rec_s] == [without_wall(r) for r in rec_r]
-    assert [r["round"] for r in rec_s] == [1, 2, 3]
-    assert all(r["clients_sampled"] == 2 and r["clients_failed"] == 0 for r in rec_s)  # 10% of 20
+    # The app's own evaluate_fn is the run's centralized accuracy, round 0 (the initial model) included.
+    assert [r["round"] for r in rec_s] == [0, 1, 2, 3]
+    assert rec_s[-1]["central_acc"] == acc_s["accuracy"] and rec_s[-1]["central_loss"] == acc_s["loss"]
+    assert all(r["central_acc"] is not None for r in rec_s)
+    assert all(r["clients_sampled"] == 2 and r["clients_failed"] == 0 for r in rec_s[1:])  # 10% of 20
+    # Flower's aggregated train metrics and the ClientApps' metrics, under their prefixes.
+    assert all("strategy_train_train_loss" in r and "client_train_train_loss" in r for r in rec_s[1:])
 
 
 def test_run_app_bad_folder_and_bad_key(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ def array_view(arr: Any) -> np.ndarray:
     """A read-only view of a Flower ``Array``'s values without ``np.load`` (which parses the
     .npy header with ``ast.literal_eval``, slow at thousands of replies per round)."""
     data = arr.data
-    if getattr(arr, "stype", "") == "numpy.ndarray" and data[:6] == b"\x93NUMPY":
+    if arr.dtype and getattr(arr, "stype", "") == "numpy.ndarray" and data[:6] == b"\x93NUMPY":
         major = data[6]
         if major == 1:
             offset = 10 + int.from_bytes(data[8:10], "little")

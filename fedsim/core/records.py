@@ -23,5 +23,19 @@ def metrics_of(content: RecordDict) -> list[tuple[str, MetricRecord]]:
 
 
 def array_bytes(content: RecordDict) -> int:
-    """Bytes of the serialized arrays in a message's records (what travels on a link)."""
+    """Bytes of the serialized arrays in a message's records."""
     return sum(len(arr.data) for _, rec in arrays_of(content) for arr in rec.values())
+
+
+def payload_bytes(content: RecordDict) -> int:
+    """What travels on a link: the serialized arrays, plus the ``bytes`` values of config
+    records (e.g. SecAgg+'s public keys, encrypted shares and masked vectors). Scalars
+    (a round number, a learning rate) are not counted."""
+    total = array_bytes(content)
+    for _, rec in configs_of(content):
+        for value in rec.values():
+            if isinstance(value, bytes):
+                total += len(value)
+            elif isinstance(value, list) and value and isinstance(value[0], bytes):
+                total += sum(len(v) for v in value)
+    return total

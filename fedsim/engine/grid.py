@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -29,7 +30,7 @@ from fedsim.clients.codecs import CodecContext, Pipeline
 from fedsim.clients.codecs.transport import decode_reply, is_encoded, reference_arrays
 from fedsim.core import keys, seeding
 from fedsim.core.arrays import array_view
-from fedsim.core.records import array_bytes, arrays_of, configs_of, metrics_of
+from fedsim.core.records import arrays_of, configs_of, metrics_of, payload_bytes
 from fedsim.engine.clock import VirtualClock
 from fedsim.engine.executors.base import Executor, Task, TaskResult, error_reply
 from fedsim.engine.payload import implausible
@@ -107,9 +108,24 @@ def non_finite(content: RecordDict) -> str | None:
     return None
 
 
+def expects_model_replies(strategy: Any) -> bool:
+    """Whether a strategy's training replies carry the model it sent (so `malformed` applies):
+    Flower's FedAvg family (every ``FedAvg`` subclass, also inside a DP wrapper), or any
+    strategy declaring ``fedsim_model_replies = True``. Multi-stage protocols (SecAgg+'s
+    stages reply with keys, shares and masked vectors) never get the check."""
+    from flwr.serverapp.strategy import FedAvg
+
+    inner = getattr(strategy, "strategy", None)  # Flower's DP wrappers hold the wrapped strategy
+    declared = getattr(strategy, "fedsim_model_replies", None)
+    if declared is not None:
+        return bool(declared)
+    return isinstance(strategy, FedAvg) or (inner is not None and expects_model_replies(inner))
+
+
 def malformed(reply: Message, sent: Message) -> str | None:
-    """Why a reply cannot be aggregated (None: it can): a training reply must carry the
-    arrays it was sent, same names and shapes; an evaluation reply, metrics."""
+    """Why a reply cannot be aggregated by a strategy that expects the model back (None:
+    it can): a training reply must carry the arrays it was sent, same names and shapes; an
+    evaluation reply, metrics. See `expects_model_replies` for where it applies."""
     if not reply.has_content() or len(reply.content) == 0:
         return "empty reply (no records)"
     sent_arrays = arrays_of(sent.content) if sent.has_content() else []
@@ -131,14 +147,16 @@ def malformed(reply: Message, sent: Message) -> str | None:
 
 
 def message_round(message: Message) -> int | None:
-    """The ``server-round`` a strategy put in the message's config, if any."""
-    if not message.has_content():
-        return None
-    for _, rec in configs_of(message.content):
-        value = rec.get(keys.SERVER_ROUND)
-        if isinstance(value, int):
-            return value
-    return None
+    """The round a message belongs to: the ``server-round`` a strategy put in its config,
+    else its group id when that is a number (Flower's strategies and workflows, SecAgg+'s
+    stages included, set it to the round), else None."""
+    if message.has_content():
+        for _, rec in configs_of(message.content):
+            value = rec.get(keys.SERVER_ROUND)
+            if isinstance(value, int):
+                return value
+    group = message.metadata.group_id
+    return int(group) if group.isdigit() else None
 
 
 class SimulationGrid(Grid):
@@ -155,6 +173,8 @@ class SimulationGrid(Grid):
         self._codec_state: dict[int, dict[str, np.ndarray]] = {}  # per client (e.g. EF21's g)
         #: Called with (round, partition id, sent message, decoded reply) for training replies.
         self.probe: Callable[[int, int, Message, Message], None] | None = None
+        #: Called with (round, partition id, phase, traceback) when a ClientApp raised.
+        self.on_client_error: Callable[[int, int, str, str], None] | None = None
         self.clock = VirtualClock()
         self.executor = executor
         self.observer = observer
@@ -163,11 +183,15 @@ class SimulationGrid(Grid):
         self._states: dict[int, RecordDict] = {}
         #: The weighting key when training replies are pre-reduced for a FedAvg-family strategy.
         self.reduce_by: str | None = None
+        #: Whether replies must carry the model sent (names and shapes; `expects_model_replies`).
+        #: Off for a user's ServerApp (Flower passes replies through as they are).
+        self.model_replies = False
         run_id = run_id if run_id is not None else seeding.int_seed(seed, 0, seeding.SERVER, "run-id") % 2**63
         self._run = Run.create_empty(run_id=run_id)
         TaskIdentity.task_id = 1
         TaskIdentity.run_id = run_id
         TaskIdentity.node_id = SUPERLINK_NODE_ID
+        self._lock = threading.RLock()  # a ServerApp may call the grid from several threads
         self._pending: dict[str, Message] = {}
         self._sent_at: dict[str, float] = {}  # virtual push time of each pending message
         self._inflight: dict[str, tuple[float, Message]] = {}  # pushed and run: (arrival time, reply)
@@ -252,6 +276,10 @@ class SimulationGrid(Grid):
         return list(self._node_ids)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        with self._lock:
+            return self._push(messages)
+
+    def _push(self, messages: Iterable[Message]) -> list[str]:
         self._exchanges += 1  # the next sampling draw gets a fresh seed
         self._polls = 0
         ids = []
@@ -269,6 +297,10 @@ class SimulationGrid(Grid):
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        with self._lock:
+            return self._pull(message_ids)
+
+    def _pull(self, message_ids: Iterable[str]) -> list[Message]:
         """The replies to ``message_ids`` that have arrived by now, in arrival order.
 
         Pending messages are delivered first, each from the virtual time it was pushed.
@@ -291,12 +323,16 @@ class SimulationGrid(Grid):
         return [self._inflight.pop(i)[1] for i in ready]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        with self._lock:
+            return self._send_and_receive(messages, timeout)
+
+    def _send_and_receive(self, messages: Iterable[Message], timeout: float | None) -> list[Message]:
         """Send, then return the replies the round policy keeps, in send order.
 
         ``timeout`` is a deadline in virtual seconds under the ``deadline`` and
         ``partial_work`` policies; the clock advances by how long the server waits.
         """
-        ids = list(self.push_messages(messages))
+        ids = self._push(messages)
         out: list[Message] = []
         for phase, items in self._by_phase([i for i in ids if i in self._pending]).items():
             out.extend(reply for _, reply in self._exchange(phase, items, timeout=timeout))
@@ -428,6 +464,8 @@ class SimulationGrid(Grid):
         results = self._run_in_waves([job.task for job in jobs])
         references: dict[int, dict[str, np.ndarray]] = {}  # the global model, decoded once per content
         for job, res in zip(jobs, results):
+            if res.traceback and self.on_client_error is not None:
+                self.on_client_error(rnd, job.cid, phase, res.traceback)
             sim.seconds += res.seconds
             sim.bytes_up += _payload_bytes(res.reply)
             reply, arrival = self._receive(phase, rnd, job, res.reply, sim, references)
@@ -454,7 +492,7 @@ class SimulationGrid(Grid):
             purpose = f"{phase}-{k}" if k else phase
             down_bytes = down_cache.get(id(msg.content))
             if down_bytes is None:  # usually one content (the global model) for every message
-                down_bytes = down_cache[id(msg.content)] = array_bytes(msg.content)
+                down_bytes = down_cache[id(msg.content)] = payload_bytes(msg.content)
             d = system.dispatch(cid, rnd, phase, starts[slot], down_bytes, purpose, deadline)
             if d.down is not None:
                 sim.bytes_down += down_bytes
@@ -524,7 +562,7 @@ class SimulationGrid(Grid):
                 reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, a.reason)
         if a.reason:
             _add(counts, "corrupted", 1)
-        if ok and not reply.has_error() and not a.reason:
+        if ok and self.model_replies and not reply.has_error() and not a.reason:
             bad = malformed(reply, task.message)
             if bad is not None:
                 reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"reply excluded: {bad}")
@@ -607,7 +645,7 @@ def _add(counts: dict[str, int], key: str, n: int) -> None:
 
 
 def _payload_bytes(reply: Message) -> int:
-    return array_bytes(reply.content) if reply.has_content() else 0
+    return payload_bytes(reply.content) if reply.has_content() else 0
 
 
 def weighted_metric(replies: Sequence[Message], names: Sequence[str]) -> float | None:

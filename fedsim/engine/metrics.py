@@ -91,9 +91,13 @@ class Recorder:
     ServerApp drives the grid), a round is closed when exchanges of a later round start.
     """
 
-    def __init__(self, auto_close: bool = False, on_record: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(self, auto_close: bool = False, on_record: Callable[[dict[str, Any]], None] | None = None,
+                 client_metrics: bool = False) -> None:
         self.records: list[dict[str, Any]] = []
         self.auto_close = auto_close
+        #: Also record every numeric metric the ClientApps reply with, as the num-examples
+        #: weighted mean (Flower's default aggregation): ``client_train_<key>``, ``client_eval_<key>``.
+        self.client_metrics = client_metrics
         self.on_record = on_record
         self._open: list[Exchange] = []
         self._t0 = time.perf_counter()
@@ -101,6 +105,7 @@ class Recorder:
         self.clock: VirtualClock | None = None  # the grid's, for the cumulative virtual time
         self._v_last = 0.0
         self.pending: dict[str, Any] = {}  # merged into the next record only (e.g. round 0's bytes_shared)
+        self._initial: dict[str, Any] | None = None
         #: Extra per-round fields computed from the round's training replies.
         self.train_metrics: list[Callable[[list[Any]], dict[str, Any]]] = []
 
@@ -108,7 +113,23 @@ class Recorder:
         """Continue after a checkpoint: the next round's virtual duration counts from here."""
         self._v_last = virtual_now
 
+    def has_open(self) -> bool:
+        """Whether exchanges (or round 0's initial evaluation) wait to be closed into a round."""
+        return bool(self._open) or self._initial is not None
+
+    def initial(self, fields: dict[str, Any]) -> None:
+        """Round 0 (the initial model's evaluation, before any exchange): closed when the
+        first exchange arrives (auto_close), or at `flush`."""
+        self._initial = {**(self._initial or {}), **fields}
+
+    def _close_initial(self) -> None:
+        if self._initial is not None:
+            fields, self._initial = self._initial, None
+            self.pending = {**fields, **self.pending}
+            self.close_round(0)
+
     def on_exchange(self, exchange: Exchange) -> None:
+        self._close_initial()
         if self.auto_close and self._open and exchange.round > self._open[-1].round:
             self.close_round(self._open[-1].round)
         self._open.append(exchange)
@@ -160,6 +181,9 @@ class Recorder:
         )
         for fn in self.train_metrics:
             rec.extra.update(fn(train_replies))
+        if self.client_metrics:
+            rec.extra.update(client_means(train_replies, "client_train_"))
+            rec.extra.update(client_means(eval_replies, "client_eval_"))
         fields = {f.name for f in dataclasses.fields(RoundRecord)}
         for key, value in self.pending.items():
             if key in fields and key != "extra":
@@ -177,8 +201,31 @@ class Recorder:
 
     def flush(self) -> None:
         """Close whatever is still open (the last round of an auto-closed run)."""
+        self._close_initial()
         if self._open:
             self.close_round(self._open[-1].round)
+
+
+#: Client metrics that are wall-clock measurements or weights, not results.
+NOT_CLIENT_RESULTS = (keys.NUM_EXAMPLES, keys.TRAIN_SECONDS, keys.ENCODE_SECONDS)
+
+
+def client_means(replies: Any, prefix: str) -> dict[str, float]:
+    """Every numeric metric of the replies, weighted by ``num-examples`` (1 when absent)."""
+    sums: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for reply in replies:
+        if reply.has_error():
+            continue
+        for _, rec in metrics_of(reply.content):
+            w = rec.get(keys.NUM_EXAMPLES, 1)
+            w = float(w) if isinstance(w, (int, float)) and not isinstance(w, bool) else 1.0
+            for key, value in rec.items():
+                if key in NOT_CLIENT_RESULTS or isinstance(value, bool) or not isinstance(value, (int, float)):
+                    continue
+                sums[key] = sums.get(key, 0.0) + float(value) * w
+                weights[key] = weights.get(key, 0.0) + w
+    return {f"{prefix}{k}": sums[k] / weights[k] for k in sorted(sums) if weights[k] > 0}
 
 
 def metric_sum(replies: Any, name: str) -> float:

@@ -38,7 +38,7 @@ def layout(content: RecordDict) -> list[Segment]:
         for akey, arr in rec.items():
             data = arr.data
             values = np.prod(arr.shape, dtype=np.int64) if arr.shape else 1
-            itemsize = np.dtype(arr.dtype).itemsize if arr.dtype != "object" else 0
+            itemsize = np.dtype(arr.dtype).itemsize if arr.dtype and arr.dtype != "object" else 0  # legacy: ""
             header = len(data) - int(values) * itemsize if itemsize else len(data)
             out.append(Segment(rkey, akey, offset, header, itemsize, int(values)))
             offset += len(data)
@@ -139,7 +139,10 @@ def flip_bits(content: RecordDict, ber: float, rng: np.random.Generator) -> tupl
 
 
 def _flippable(content: RecordDict, seg: Segment) -> bool:
-    dt = np.dtype(content.array_records[seg.record][seg.key].dtype)
+    dtype = content.array_records[seg.record][seg.key].dtype
+    if not dtype:  # a legacy Parameters tensor: its dtype is in its .npy header only
+        return False
+    dt = np.dtype(dtype)
     return dt.kind == "f" or dt == np.uint8
 
 

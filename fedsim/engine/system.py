@@ -17,7 +17,7 @@ from flwr.app import Message, RecordDict
 from flwr.common.constant import ErrorCode
 
 from fedsim.core import keys, seeding
-from fedsim.core.records import array_bytes, metrics_of
+from fedsim.core.records import metrics_of, payload_bytes
 from fedsim.engine.executors.base import error_reply
 from fedsim.engine.payload import fill_missing, flip_bits, implausible, missing_values
 from fedsim.engine.policies import RoundSection
@@ -111,7 +111,7 @@ class SystemModel:
             return Arrival(ERROR, reply, down_s + up.seconds, 0.0, up)
         compute = examples_processed(reply.content) * d.seconds_per_sample
         content = reply.content
-        up = self.links.transfer(cid, array_bytes(content), "up", rnd, purpose)
+        up = self.links.transfer(cid, payload_bytes(content), "up", rnd, purpose)
         arrival = down_s + compute + up.seconds
         if not up.complete:
             if self.net.on_loss == "drop":

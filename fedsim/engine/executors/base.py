@@ -82,6 +82,7 @@ class TaskResult:
     reply: Message  # carries content, or an Error
     state: RecordDict  # the node's persistent state after the call
     seconds: float  # wall time inside the ClientApp
+    traceback: str = ""  # the ClientApp's traceback when it raised (its own frames, not fedsim's)
 
 
 class Executor(Protocol):
@@ -130,6 +131,7 @@ def execute(app: ClientApp, task: Task, run_id: int, run_config: Mapping[str, An
     context = Context(run_id=run_id, node_id=task.node_id, node_config=dict(task.node_config),
                       state=task.state, run_config=dict(run_config))
     start = time.perf_counter()
+    trace = ""
     try:
         reply = app(task.message, context)
         if not isinstance(reply, Message):
@@ -143,7 +145,9 @@ def execute(app: ClientApp, task: Task, run_id: int, run_config: Mapping[str, An
         where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
         reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                             f"{type(exc).__name__}: {exc}{where}")
-    return TaskResult(reply=reply, state=context.state, seconds=time.perf_counter() - start)
+        inner = exc.__traceback__.tb_next if exc.__traceback__ is not None else None  # not this frame
+        trace = "".join(traceback.format_exception(type(exc), exc, inner))
+    return TaskResult(reply=reply, state=context.state, seconds=time.perf_counter() - start, traceback=trace)
 
 
 def make_executor(name: str, **kwargs: Any) -> Executor:
