@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-import _plot
+import _plot  # noqa: E402  (benchmarks/_plot.py)
 
 import fedsim
 from fedsim.config import Config, from_dict

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-import _plot
+import _plot  # noqa: E402  (benchmarks/_plot.py)
 import numpy as np
 from fedsim.scenarios.federation import federated_data
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _plot
+import _plot  # noqa: E402  (benchmarks/_plot.py)
 
 import fedsim
 from fedsim.config import Config, from_dict

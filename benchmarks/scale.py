@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import _measure
+import _measure  # noqa: E402  (benchmarks/_measure.py)
 
 SEED = 0
 WORKLOADS = ("w1", "s1000", "m1000", "100k")

@@ -94,7 +94,7 @@ def load_checkpoint(path: str, model: nn.Module) -> dict[str, torch.Tensor]:
             state = load_file(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a config error
         raise ConfigError(f"{FIELD}.base", path, f"unreadable checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict):
         raise ConfigError(f"{FIELD}.base", path, "is not a state dict")

@@ -19,7 +19,7 @@ from torch import nn
 
 from fedsim.core.errors import ConfigError
 from fedsim.core.plugins import call_with
-from fedsim.core.registry import NoParams, PathContract, PluginRegistry
+from fedsim.core.registry import PathContract, PluginRegistry
 from fedsim.core.schema import option
 
 ModelFn = Callable[[tuple[int, ...], int, Any], nn.Module]
@@ -29,7 +29,7 @@ def _adapt(obj: Any, target: str, field: str) -> ModelFn:
         raise ConfigError(field, target, "must be an nn.Module class or a function returning one")
 
     def build(input_shape: tuple[int, ...], num_classes: int, params: Any) -> nn.Module:
-        model = call_with(obj, params, input_shape=tuple(input_shape), num_classes=num_classes)
+        model = call_with(obj, params, field, target, input_shape=tuple(input_shape), num_classes=num_classes)
         if not isinstance(model, nn.Module):
             raise ConfigError(field, target, f"built a {type(model).__name__}, not a torch.nn.Module")
         return model
@@ -37,11 +37,13 @@ def _adapt(obj: Any, target: str, field: str) -> ModelFn:
     return build
 
 
-MODELS = PluginRegistry("model", PathContract(adapt=_adapt, provided=("input_shape", "num_classes")))
+MODELS = PluginRegistry("model", PathContract(adapt=_adapt, field="model.name", provided=("input_shape", "num_classes")))
 
 
-def register_model(name: str, params: type = NoParams) -> Callable[[ModelFn], ModelFn]:
-    """Register ``build(input_shape, num_classes, params) -> nn.Module`` under ``name``."""
+def register_model(name: str, params: type | None = None) -> Callable[[Any], Any]:
+    """Register a model under ``name``: an ``nn.Module`` class or factory, as by path (its
+    keywords from ``[model]``; ``input_shape`` and ``num_classes`` if it takes them). fedsim's
+    built-ins pass a ``params`` dataclass and take ``build(input_shape, num_classes, params)``."""
     return MODELS.register_fn(name, params)
 
 

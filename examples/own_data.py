@@ -8,7 +8,7 @@ federation of 50 clients with FedProx and stragglers:
 
     python examples/own_data.py                          # writes the CSV, then runs the scenario
     fedsim run examples/own_data.toml                    # the same run from the command line
-    fedsim run examples/own_data.toml --set executor.name="ray"
+    fedsim run examples/own_data.toml --set executor.name=ray
     fedsim sweep examples/own_data.toml                  # its 2 x 2 grid: label skew x proximal term
 
 Run from the repository root (the paths resolve from the working directory).

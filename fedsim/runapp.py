@@ -67,7 +67,7 @@ def read_app(path: str | Path) -> FlowerApp:
         raise ConfigError("run-app PATH", str(path), "must be a Flower app folder holding a pyproject.toml")
     try:
         project = get_project_config(app_dir)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - Flower's validator raises ValueError/tomli errors
         first = str(exc).strip().splitlines()
         raise ConfigError("pyproject.toml", str(app_dir), f"not a valid Flower app: {' '.join(first)}") from None
     flwr_cfg = project.get("tool", {}).get("flwr", {})

@@ -95,9 +95,34 @@ def prepare(cfg: Config, *, with_strategy: bool = True) -> RunSetup:
             warm_up(model, data, cfg)
         initial = ArrayRecord(model.state_dict())
         server_model = build_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes)
+    check_model(server_model, data, cfg.model.name)
     strategy = build_strategy(cfg.strategy.name, cfg.strategy.params) if with_strategy else None
     return RunSetup(cfg=cfg, spec=spec, data=data, initial=initial, server_model=server_model, adapters=adapters,
                     strategy=strategy)
+
+
+def check_model(model: torch.nn.Module, data: FederatedData, name: str) -> None:
+    """One forward pass on two inputs before anything runs: the model must have trainable
+    parameters, accept the dataset's inputs and give one logit per class."""
+    field = "model.name"
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(field, name, "has no trainable parameters")
+    x = data.server_x[:2] if len(data.server_x) else data.client_train(0)[0][:2]
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as exc:  # noqa: BLE001 - the user's model: one line naming the shapes
+        raise ConfigError(field, name, f"fails on inputs of shape {tuple(x.shape)} ({type(exc).__name__}: "
+                                       f"{' '.join(str(exc).split())[:300]})") from None
+    finally:
+        model.train(training)
+    want = (len(x), data.num_classes)
+    shape = tuple(getattr(out, "shape", ()))
+    if shape != want:
+        raise ConfigError(field, name, f"gives outputs of shape {shape} for inputs of shape {tuple(x.shape)}; "
+                                       f"expected {want}: one logit per class ({data.num_classes} classes)")
 
 
 def check_checkpointable(cfg: Config, strategy: Strategy) -> None:

@@ -198,7 +198,7 @@ def _run_cell(payload: tuple[dict[str, Any], str]) -> tuple[str, str | None, flo
 
         fedsim.run(from_dict(raw), out_dir=out)
         return "done", None, time.perf_counter() - start
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a failed cell is recorded, the sweep goes on
         tb = traceback.extract_tb(exc.__traceback__)
         where = f" ({tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno})" if tb else ""
         return "failed", f"{type(exc).__name__}: {exc}{where}", time.perf_counter() - start
@@ -252,7 +252,7 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, *, yes: bool = False, parallel:
             for fut in cf.as_completed(futures):
                 try:
                     result = fut.result()
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - e.g. a worker killed by the OS
                     result = ("failed", f"{type(exc).__name__}: {exc}", 0.0)
                 record(futures[fut], result)
     return manifest

@@ -29,7 +29,7 @@ def _adapt(obj: Any, target: str, field: str) -> Callable[..., np.ndarray]:
         raise ConfigError(field, target, "must be a function sample(rng, n, **params) -> n values")
 
     def sample_user(params: Any, rng: np.random.Generator, n: int) -> np.ndarray:
-        values = np.asarray(call_with(obj, params, rng=rng, n=n), dtype=np.float64).reshape(-1)
+        values = np.asarray(call_with(obj, params, field, target, rng=rng, n=n), dtype=np.float64).reshape(-1)
         if values.shape != (n,) or np.isnan(values).any():
             raise ConfigError(field, target, f"must return {n} numbers, got shape {values.shape}")
         return values
@@ -38,11 +38,12 @@ def _adapt(obj: Any, target: str, field: str) -> Callable[..., np.ndarray]:
 
 
 #: A user's distribution by path: ``fn(rng, n, **params)`` returning ``n`` values.
-DISTRIBUTIONS = PluginRegistry("distribution", PathContract(adapt=_adapt, provided=("rng", "n")))
+DISTRIBUTIONS = PluginRegistry("distribution", PathContract(adapt=_adapt, field="distribution", provided=("rng", "n")))
 
 
-def register_distribution(name: str, params: type) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
-    """Register ``sample(params, rng, n) -> np.ndarray`` under ``name``."""
+def register_distribution(name: str, params: type | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a distribution under ``name``, as by path: ``fn(rng, n, **args) -> n values``.
+    fedsim's built-ins pass a ``params`` dataclass and take ``sample(params, rng, n)``."""
     return DISTRIBUTIONS.register_fn(name, params)
 
 

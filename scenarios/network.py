@@ -33,7 +33,7 @@ def _adapt(obj: Any, target: str, field: str) -> Callable[..., np.ndarray]:
         raise ConfigError(field, target, "must be a function draw(rng, m, state, **params) -> m booleans")
 
     def draw_user(params: Any, rng: np.random.Generator, m: int, state: list[bool]) -> np.ndarray:
-        lost = np.asarray(call_with(obj, params, rng=rng, m=m, state=state), dtype=bool).reshape(-1)
+        lost = np.asarray(call_with(obj, params, field, target, rng=rng, m=m, state=state), dtype=bool).reshape(-1)
         if lost.shape != (m,):
             raise ConfigError(field, target, f"must return {m} booleans (one per transmission), got {lost.shape}")
         return lost
@@ -43,7 +43,7 @@ def _adapt(obj: Any, target: str, field: str) -> Callable[..., np.ndarray]:
 
 #: A user's loss model by path: ``fn(rng, m, state, **params)`` -> a lost mask for ``m``
 #: transmissions in order (``state`` is a one-element list the model may keep, e.g. Good/Bad).
-LOSS_MODELS = PluginRegistry("loss model", PathContract(adapt=_adapt, provided=("rng", "m", "state")))
+LOSS_MODELS = PluginRegistry("loss model", PathContract(adapt=_adapt, field="network.loss.name", provided=("rng", "m", "state")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +80,10 @@ class GilbertElliottParams:
 LossDraw = Callable[[Any, np.random.Generator, int, list[bool]], np.ndarray]
 
 
-def register_loss_model(name: str, params: type) -> Callable[[LossDraw], LossDraw]:
-    """Register ``draw(params, rng, m, state) -> lost mask`` for ``m`` transmissions in order."""
+def register_loss_model(name: str, params: type | None = None) -> Callable[[Any], Any]:
+    """Register a packet-loss model under ``name``, as by path: ``fn(rng, m, state, **args) -> m
+    lost flags`` for ``m`` transmissions in order. fedsim's built-ins pass a ``params``
+    dataclass and take ``draw(params, rng, m, state)``."""
     return LOSS_MODELS.register_fn(name, params)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from fedsim.core.errors import ConfigError
 from fedsim.core.plugins import call_with
-from fedsim.core.registry import NoParams, PathContract, PluginRegistry
+from fedsim.core.registry import PathContract, PluginRegistry
 from fedsim.core.schema import option
 
 Partition = list[np.ndarray]
@@ -36,17 +36,19 @@ def _adapt(obj: Any, target: str, field: str) -> PartitionFn:
 
     def split(y: np.ndarray, groups: np.ndarray | None, num_clients: int, params: Any,
               rng: np.random.Generator) -> Partition:
-        return call_with(obj, params, labels=y, num_clients=num_clients, rng=rng, groups=groups)
+        return call_with(obj, params, field, target, labels=y, num_clients=num_clients, rng=rng, groups=groups)
 
     return split
 
 
-PARTITIONERS = PluginRegistry("partitioner", PathContract(adapt=_adapt,
+PARTITIONERS = PluginRegistry("partitioner", PathContract(adapt=_adapt, field="data.partitioner.name",
                                                           provided=("labels", "num_clients", "rng", "groups")))
 
 
-def register_partitioner(name: str, params: type = NoParams) -> Callable[[PartitionFn], PartitionFn]:
-    """Register ``fn(y, groups, num_clients, params, rng) -> list[index array]`` under ``name``."""
+def register_partitioner(name: str, params: type | None = None) -> Callable[[Any], Any]:
+    """Register a partitioner under ``name``, as by path: ``fn(labels, num_clients, rng, groups,
+    **args)`` (each passed by name if it takes it). fedsim's built-ins pass a ``params``
+    dataclass and take ``fn(y, groups, num_clients, params, rng)``."""
     return PARTITIONERS.register_fn(name, params)
 
 
@@ -85,6 +87,10 @@ def checked(parts: Any, name: str, n: int, num_clients: int) -> Partition:
             raise ConfigError(field, name, f"client {cid} has index {int(idx[0] if idx[0] < 0 else idx[-1])} "
                                            f"outside 0..{n - 1}")
         out.append(idx)
+    empty = [cid for cid, idx in enumerate(out) if len(idx) == 0]
+    if empty:
+        raise ConfigError(field, name, f"gives client {empty[0]} no samples ({len(empty)} empty client(s)); every "
+                                       "client needs at least one: lower data.num_clients or change the partitioner")
     every = np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
     if len(np.unique(every)) != len(every):
         raise ConfigError(field, name, "gives some samples to more than one client (index arrays must be disjoint)")

@@ -129,7 +129,7 @@ def _hints(factory: Any) -> dict[str, Any]:
     target = factory.__init__ if inspect.isclass(factory) else factory
     try:
         return typing.get_type_hints(target)
-    except Exception:
+    except Exception:  # noqa: BLE001 - unresolvable annotations: skip type checks
         return {}
 
 

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_custom_strategy_by_name_on_ray_with_two_actors_equals_serial(ray_session) -> None:
-    import examples.custom_strategy
+    import examples.custom_strategy  # noqa: F401  (registers norm_filtered_fedavg in this process only)
 
     cfg = fedsim.load_config("examples/custom_strategy.toml", ['strategy.name="norm_filtered_fedavg"', "run.rounds=3",
                                                                "report.progress=false", "report.plots=false"])

@@ -119,7 +119,7 @@ def test_a_users_strategy_is_checked_against_its_own_signature_only() -> None:
     import types
 
     module = types.ModuleType("user_beta_strategy")
-    exec(code, module.__dict__)
+    exec(code, module.__dict__)  # noqa: S102 - a user's module, built in the test
     sys.modules["user_beta_strategy"] = module
     try:
         cfg = from_dict(plugin_raw(strategy={"name": "user_beta_strategy:BetaFedAvg", "beta": 0.9,
@@ -135,7 +135,7 @@ def test_a_users_strategy_is_checked_against_its_own_signature_only() -> None:
 
 # ------------------------------------------------------------------ registered names, other processes
 def registered_raw(**edits: Any) -> dict[str, Any]:
-    import tests.apps.plugins
+    import tests.apps.plugins  # noqa: F401  (registers plugin_blobs, plugin_tinynet, plugin_blocks)
 
     raw = plugin_raw(**edits)
     raw["data"]["dataset"] = "plugin_blobs"
@@ -173,7 +173,7 @@ def test_plugins_registered_in_a_script_reach_ray_actors(tmp_path: Path) -> None
         from tests.conftest import tiny_raw
 
         @register_model("script_linear")
-        def script_linear(input_shape, num_classes, params):
+        def script_linear(input_shape, num_classes):
             return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
 
         if __name__ == "__main__":
@@ -350,3 +350,23 @@ def test_a_device_distribution_and_a_loss_model_by_path() -> None:
         DeviceModel(from_dict(plugin_raw(devices={"speed": {"name": f"{P}:negative"}})).devices, 6, 0)
     with pytest.raises(ConfigError, match=r"devices.speed.fast = 'x': must be a number"):
         from_dict(plugin_raw(devices={"speed": {"name": f"{P}:halves", "fast": "x"}}))
+
+
+def test_mistakes_in_the_users_own_code_are_one_line_before_anything_runs() -> None:
+    cases = [
+        ({"model": {"name": f"{P}:WrongOutput"}}, "model.name", "gives outputs of shape (2, 7) for inputs of shape "
+                                                                "(2, 6); expected (2, 3): one logit per class"),
+        ({"model": {"name": f"{P}:WrongInput"}}, "model.name", "fails on inputs of shape (2, 6) (RuntimeError"),
+        ({"model": {"name": f"{P}:NoParameters"}}, "model.name", "has no trainable parameters"),
+        ({"data": {"dataset": {"name": f"{P}:from_file", "path": "nope.csv"}}}, "data.dataset.name",
+         "raised FileNotFoundError: nope.csv not found. at plugins.py:"),
+        ({"data": {"partitioner": {"name": f"{P}:first_gets_nothing"}}}, "data.partitioner.name",
+         "gives client 0 no samples"),
+        ({"data": {"partitioner": {"name": f"{P}:y_not_labels"}}}, "data.partitioner.y = None",
+         "(fedsim passes groups, labels, num_clients, rng by name)"),
+    ]
+    for edit, field, fragment in cases:
+        with pytest.raises(ConfigError) as info:
+            check(from_dict(plugin_raw(**edit)))
+        text = str(info.value)
+        assert text.startswith(field) and fragment in text and "\n" not in text, text

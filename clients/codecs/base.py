@@ -37,13 +37,14 @@ CODECS = PluginRegistry("codec", PathContract(adapt=_adapt, params="class"))
 MARKER = "fedsim-codec"
 
 
-def register_codec(name: str, params: type) -> Callable[[type], type]:
-    """Register a `Codec` subclass; it is built as ``cls(params)``."""
+def register_codec(name: str, params: type | None = None) -> Callable[[type], type]:
+    """Register a `Codec` subclass, built as ``cls(params)``: ``params`` (or, without it, the
+    class's own ``Params`` dataclass, as by path) checks the scenario's keys."""
     return CODECS.register_fn(name, params)
 
 
 def resolve_codec(name: str, raw: Mapping[str, Any], path: str) -> Any:
-    import fedsim.clients.codecs
+    import fedsim.clients.codecs  # noqa: F401  (registers every codec, "lora" included)
 
     return CODECS.resolve_params(name, raw, path)
 

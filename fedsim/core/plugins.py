@@ -49,12 +49,29 @@ def add_import_paths(paths: Iterable[str] = ()) -> None:
             sys.path.append(p)
 
 
+def _library_dirs() -> tuple[str, ...]:
+    """Folders of the standard library, installed packages and fedsim itself."""
+    import sysconfig
+
+    dirs = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    for name in ("fedsim", "fedsim.clients", "fedsim.scenarios", "fedsim.strategies"):
+        module = sys.modules.get(name)
+        for folder in getattr(module, "__path__", []) or []:
+            dirs.add(folder)
+    return tuple(os.path.join(os.path.realpath(d), "") for d in dirs)
+
+
 def _user_error(exc: BaseException) -> str:
-    """``Type: message (file.py:line)`` for the innermost frame of the user's code."""
+    """``Type: message at file.py:line``, for the innermost frame of the user's own code
+    (not the standard library's, an installed package's or fedsim's)."""
     import traceback
 
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "importlib" not in f.filename]
-    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    frames = traceback.extract_tb(exc.__traceback__)
+    libraries = _library_dirs()
+    own = [f for f in frames if not os.path.realpath(f.filename).startswith(libraries)
+           and not f.filename.startswith("<frozen")]
+    at = (own or frames)[-1] if frames else None
+    where = f" at {Path(at.filename).name}:{at.lineno}" if at is not None else ""
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}{where}"
 
 
@@ -87,7 +104,7 @@ def import_module(name: str, field: str, value: Any = None) -> types.ModuleType:
         missing = exc.name or name
         hint = "" if missing != name.split(".")[0] else f"; is it importable from {os.getcwd()}?"
         raise ConfigError(field, shown, f"cannot import module {name!r}: no module named {missing!r}{hint}") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the user's module raised while importing
         raise ConfigError(field, shown, f"importing {name!r} raised {_user_error(exc)}") from None
 
 
@@ -206,7 +223,7 @@ def signature_args(obj: Any, raw: Mapping[str, Any], path: str, provided: Iterab
         return KwArgs(dict(raw))
     try:
         hints = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
-    except Exception:
+    except Exception:  # noqa: BLE001 - unresolvable annotations: skip type checks
         hints = {}
     params = {n: p for n, p in sig.parameters.items()
               if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
@@ -223,12 +240,15 @@ def signature_args(obj: Any, raw: Mapping[str, Any], path: str, provided: Iterab
         out[key] = coerce(field, value, hint) if hint is not None else value
     for name, p in params.items():
         if name not in provided and p.default is inspect.Parameter.empty and name not in out:
-            raise ConfigError(f"{path}.{name}", None, f"required argument of {owner}")
+            passes = f" (fedsim passes {', '.join(sorted(provided))} by name)" if provided else ""
+            raise ConfigError(f"{path}.{name}", None, f"required argument of {owner}: set it in the scenario{passes}")
     return KwArgs(out)
 
 
 def accepts(obj: Any, name: str) -> bool:
-    """Whether calling ``obj`` may pass keyword ``name``."""
+    """Whether calling ``obj`` may pass keyword ``name``: a parameter of that name, or
+    ``**kwargs`` of the user's own (a class that inherits ``torch.nn.Module.__init__(*args,
+    **kwargs)`` takes none)."""
     try:
         sig = inspect.signature(obj)
     except (TypeError, ValueError):
@@ -236,13 +256,26 @@ def accepts(obj: Any, name: str) -> bool:
     p = sig.parameters.get(name)
     if p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
         return True
+    init = getattr(obj, "__init__", None) if inspect.isclass(obj) else obj
+    if getattr(init, "__module__", "") in ("builtins",) or str(getattr(init, "__module__", "")).startswith("torch"):
+        return False
     return any(q.kind == q.VAR_KEYWORD for q in sig.parameters.values())
 
 
-def call_with(obj: Any, kwargs: Mapping[str, Any], **provided: Any) -> Any:
-    """``obj(**kwargs, **provided)``, passing only the ``provided`` arguments it accepts."""
+def call_with(obj: Any, kwargs: Mapping[str, Any], field: str = "", target: str = "", **provided: Any) -> Any:
+    """``obj(**kwargs, **provided)``, passing only the ``provided`` arguments it accepts.
+
+    With ``field``, an exception raised by the user's code becomes a one-line `ConfigError`
+    naming the field, the plug-in and where in the user's code it was raised."""
     extra = {k: v for k, v in provided.items() if accepts(obj, k)}
-    return obj(**{**_thawed(kwargs), **extra})
+    if not field:
+        return obj(**{**_thawed(kwargs), **extra})
+    try:
+        return obj(**{**_thawed(kwargs), **extra})
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's plug-in raised: report it in one line
+        raise ConfigError(field, target or getattr(obj, "__qualname__", str(obj)), f"raised {_user_error(exc)}") from None
 
 
 def _thawed(kwargs: Mapping[str, Any]) -> dict[str, Any]:

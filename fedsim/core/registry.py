@@ -66,7 +66,8 @@ class Registry(Generic[T]):
             return self._from_path(name, field)
         key = name.lower() if isinstance(name, str) else name
         if not isinstance(key, str) or key not in self._entries:
-            form = f", or your own as {PATH_FORM}" if self._load is not None else ""
+            form = (f"; your own: {PATH_FORM}, or a name registered by a module in [plugins] imports"
+                    if self._load is not None else "")
             raise ConfigError(field, name, f"unknown {self.kind}; known: {', '.join(self.names())}{form}")
         return self._entries[key]
 
@@ -171,6 +172,7 @@ class PathContract:
     adapt: Callable[[Any, str, str], Callable[..., Any]]
     provided: tuple[str, ...] = ()
     params: str = "signature"
+    field: str = ""  # the scenario field a registered name of this kind is given in (for errors)
 
 
 class PluginRegistry(Registry[Plugin]):
@@ -184,9 +186,16 @@ class PluginRegistry(Registry[Plugin]):
         assert self.contract is not None
         return Plugin(fn=self.contract.adapt(obj, target, field), params=None, source=obj)
 
-    def register_fn(self, name: str, params: type = NoParams) -> Callable[[F], F]:
+    def register_fn(self, name: str, params: type | None = None) -> Callable[[F], F]:
+        """Register ``fn`` under ``name``. Without ``params`` it takes the same contract as a
+        plug-in given by path (its keyword arguments checked against its signature, fedsim's
+        own arguments passed by name); with a ``params`` dataclass, the registry's internal
+        calling convention (fedsim's built-ins)."""
         def decorator(fn: F) -> F:
-            self.add(name, Plugin(fn=fn, params=params))
+            if params is None and self.contract is not None:
+                self.add(name, self._adapt(fn, name, self.contract.field or self.kind))
+            else:
+                self.add(name, Plugin(fn=fn, params=params or NoParams))
             return fn
 
         return decorator

@@ -162,7 +162,7 @@ def load(out: Path) -> Checkpoint:
         with safe_open(str(path), framework="numpy") as fh:
             meta = json.loads((fh.metadata() or {})["fedsim"])
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a damaged file is the user's input
         raise ConfigError("--resume", str(path), f"is not a readable fedsim checkpoint ({exc})") from None
     if meta.get("format") != FORMAT:
         raise ConfigError("--resume", str(path), f"has checkpoint format {meta.get('format')}; this fedsim reads {FORMAT}")

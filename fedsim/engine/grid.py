@@ -582,7 +582,7 @@ class SimulationGrid(Grid):
                 references[ref_key] = reference_arrays(job.task.message)
             assert self.codec is not None
             return decode_reply(self.codec, reply, job.task.message, ctx, references[ref_key])
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a damaged payload must not stop the run
             a.reason = f"reply excluded: payload could not be decoded ({type(exc).__name__}: {exc})"
             return error_reply(job.task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, a.reason)
 

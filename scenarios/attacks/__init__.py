@@ -1,6 +1,6 @@
 """Gradient-inversion attack probes (registered by name) and leakage metrics."""
 
-from fedsim.scenarios.attacks import analytic, dlg, inverting
+from fedsim.scenarios.attacks import analytic, dlg, inverting  # noqa: F401  (registration)
 from fedsim.scenarios.attacks.base import (
     ATTACKS,
     Attack,

@@ -27,13 +27,14 @@ def _adapt(obj: Any, target: str, field: str) -> Any:
 ATTACKS = PluginRegistry("attack", PathContract(adapt=_adapt, params="class"))
 
 
-def register_attack(name: str, params: type) -> Callable[[type], type]:
-    """Register an `Attack` subclass, built as ``cls(params)``."""
+def register_attack(name: str, params: type | None = None) -> Callable[[type], type]:
+    """Register an `Attack` subclass, built as ``cls(params)``: ``params`` (or, without it, the
+    class's own ``Params`` dataclass, as by path) checks the scenario's keys."""
     return ATTACKS.register_fn(name, params)
 
 
 def resolve_attack(name: str, raw: Mapping[str, Any], path: str) -> Any:
-    import fedsim.scenarios.attacks
+    import fedsim.scenarios.attacks  # noqa: F401  (registers the attacks)
 
     return ATTACKS.resolve_params(name, raw, path)
 

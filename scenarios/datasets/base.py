@@ -27,7 +27,7 @@ import numpy as np
 
 from fedsim.core.errors import ConfigError
 from fedsim.core.plugins import call_with
-from fedsim.core.registry import NoParams, PathContract, PluginRegistry
+from fedsim.core.registry import NoParams, PathContract, PluginRegistry  # noqa: F401  (NoParams: re-exported)
 
 FIELD = "data.dataset.name"
 
@@ -66,16 +66,19 @@ def _adapt(obj: Any, target: str, field: str) -> Callable[..., Dataset]:
         raise ConfigError(field, target, "must be a function returning the data (see fedsim's dataset contract)")
 
     def load(params: Any, seed: int, num_clients: int) -> Dataset:
-        return as_dataset(call_with(obj, params, seed=seed, num_clients=num_clients), target)
+        return as_dataset(call_with(obj, params, FIELD, target, seed=seed, num_clients=num_clients), target)
 
     return load
 
 
-DATASETS = PluginRegistry("dataset", PathContract(adapt=_adapt, provided=("seed", "num_clients")))
+DATASETS = PluginRegistry("dataset", PathContract(adapt=_adapt, field=FIELD, provided=("seed", "num_clients")))
 
 
-def register_dataset(name: str, params: type = NoParams) -> Callable[[Callable[..., Dataset]], Callable[..., Dataset]]:
-    """Register ``load(params, seed, num_clients) -> Dataset`` under ``name``."""
+def register_dataset(name: str, params: type | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a dataset function under ``name``: the same function a scenario could name by
+    path (its keywords from ``[data.dataset]``; ``seed`` and ``num_clients`` if it takes them;
+    any return value of the contract above). fedsim's built-ins pass a ``params`` dataclass and
+    take ``load(params, seed, num_clients) -> Dataset``."""
     return DATASETS.register_fn(name, params)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 from fedsim.scenarios.datasets.base import Dataset, NoParams, register_dataset
 
 
-@register_dataset("digits")
+@register_dataset("digits", params=NoParams)
 def load_digits(params: NoParams, seed: int, num_clients: int) -> Dataset:
     from sklearn.datasets import load_digits as sk_load
 

@@ -144,9 +144,11 @@ def _parquet_columns(path: Path) -> dict[str, np.ndarray]:
 def _table(columns: dict[str, np.ndarray], params: FileParams, path: str, key: str) -> dict[str, Any]:
     label = params.label or "label"
     names = list(columns)
-    for need in [label, *params.features, *([params.client_id] if params.client_id else [])]:
+    wanted = [("label", label), *(("features", f) for f in params.features),
+              *([("client_id", params.client_id)] if params.client_id else [])]
+    for option_name, need in wanted:
         if need not in columns:
-            raise ConfigError(f"{FIELD}.{key}", path, f"has no column {need!r}; columns: {', '.join(names)}")
+            raise ConfigError(f"{FIELD}.{option_name}", need, f"{path} has no such column; columns: {', '.join(names)}")
     features = list(params.features) or [n for n in names if n not in (label, params.client_id)]
     if not features:
         raise ConfigError(f"{FIELD}.features", [], f"{path} has no feature column besides {label!r}")

@@ -16,7 +16,6 @@ from fedsim.clients.codecs import Codec, CodecContext
 from fedsim.clients.models import register_model
 from fedsim.scenarios.attacks import Attack, ProbeView, Reconstruction
 from fedsim.scenarios.datasets import register_dataset
-from fedsim.scenarios.datasets.base import as_dataset
 from fedsim.scenarios.partitioners import register_partitioner
 from torch import nn
 
@@ -92,32 +91,11 @@ class FastestHalf(RoundPolicy):
         return Selection(kept, max((a for a, _ in half), default=0.0), sorted(i for _, i in real[len(half):]))
 
 
-# The same plug-ins under registered names (defined in this importable module, so other
-# processes import it to know them).
-@register_dataset("plugin_blobs")
-def _blobs_registered(params: Any, seed: int, num_clients: int) -> Any:
-    return as_dataset(blobs(seed=seed), "plugin_blobs")
-
-
-@dataclasses.dataclass(frozen=True)
-class TinyNetParams:
-    width: int = 8
-
-
-@register_model("plugin_tinynet", params=TinyNetParams)
-def _tinynet_registered(input_shape: tuple[int, ...], num_classes: int, params: TinyNetParams) -> nn.Module:
-    return TinyNet(input_shape, num_classes, params.width)
-
-
-@dataclasses.dataclass(frozen=True)
-class BlocksParams:
-    shuffle: bool = False
-
-
-@register_partitioner("plugin_blocks", params=BlocksParams)
-def _blocks_registered(y: np.ndarray, groups: Any, num_clients: int, params: BlocksParams,
-                       rng: np.random.Generator) -> list[np.ndarray]:
-    return blocks(y, num_clients, rng, params.shuffle)
+# The same plug-ins under registered names, with the same contract as by path (defined in this
+# importable module, so other processes import it to know them).
+register_dataset("plugin_blobs")(blobs)
+register_model("plugin_tinynet")(TinyNet)
+register_partitioner("plugin_blocks")(blocks)
 
 
 def halves(rng: np.random.Generator, n: int, fast: float = 4.0) -> np.ndarray:
@@ -133,3 +111,40 @@ def every_other(rng: np.random.Generator, m: int, state: list[bool], start: bool
     """A packet-loss model by path: every other transmission is lost (the first if ``start``)."""
     lost = (np.arange(m) % 2 == 0) if start else (np.arange(m) % 2 == 1)
     return lost
+
+
+class WrongOutput(nn.Module):
+    """Seven logits whatever the number of classes."""
+
+    def __init__(self, input_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.fc = nn.Linear(math.prod(input_shape), 7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+class WrongInput(nn.Module):
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(99, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+class NoParameters(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(x), 3)
+
+
+def from_file(path: str = "missing.csv") -> dict[str, Any]:
+    return {"x": np.loadtxt(path), "y": np.zeros(1)}
+
+
+def first_gets_nothing(labels: np.ndarray, num_clients: int) -> list[np.ndarray]:
+    return [np.zeros(0, dtype=np.int64), *np.array_split(np.arange(len(labels)), num_clients - 1)]
+
+
+def y_not_labels(y: np.ndarray, num_clients: int) -> list[np.ndarray]:
+    return np.array_split(np.arange(len(y)), num_clients)

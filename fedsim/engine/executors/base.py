@@ -140,7 +140,7 @@ def execute(app: ClientApp, task: Task, run_id: int, run_config: Mapping[str, An
         elif reply.metadata.reply_to_message_id != task.message.metadata.message_id:
             reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                                 "ClientApp returned a Message that does not reply to the one it received")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a client's failure must not stop the run
         tb = traceback.extract_tb(exc.__traceback__)
         where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
         reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION,

@@ -205,7 +205,7 @@ class RayExecutor:
         for actor in self._actors:
             try:
                 ray.kill(actor, no_restart=True)
-            except Exception:
+            except Exception:  # noqa: BLE001 - already gone
                 pass
         self._actors = []
         if self._owns_ray and ray.is_initialized():
@@ -260,7 +260,7 @@ class RayExecutor:
         def replace(slot: int) -> None:
             try:
                 ray.kill(self._actors[slot], no_restart=True)
-            except Exception:
+            except Exception:  # noqa: BLE001
                 pass
             self._actors[slot] = self._new_actor(slot)
             self.actors_replaced += 1
