@@ -106,3 +106,21 @@ def test_run_app_under_a_scenarios_system_model(tmp_path: Path) -> None:
         assert r["unavailable"] > 0  # 70 % availability
         assert r["virtual_round_s"] == 3600.0  # missing replies: the server waits out the deadline
     assert records[-1]["virtual_time_s"] == 7200.0
+
+
+def test_run_config_is_parsed_as_flower_parses_it(tmp_path: Path) -> None:
+    from fedsim.runapp import fused_run_config, read_app
+
+    app = read_app(W1APP)
+    assert app.run_config["num-server-rounds"] != 5
+    got = fused_run_config(app, ["num-server-rounds=5 fraction-train=0.2", "seed=7"])
+    assert (got["num-server-rounds"], got["fraction-train"], got["seed"]) == (5, 0.2, 7)
+    (tmp_path / "over.toml").write_text("num-server-rounds = 4\nseed = 9\n")
+    got = fused_run_config(app, [str(tmp_path / "over.toml")])
+    assert (got["num-server-rounds"], got["seed"]) == (4, 9)
+    from fedsim.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--run-config learning-rate = 0.05: unknown key; the app declares: "):
+        fused_run_config(app, ["num-server-rounds=5 learning-rate=0.05"])
+    with pytest.raises(ConfigError, match="TOML files cannot be passed alongside key-value pairs"):
+        fused_run_config(app, ["seed=1", str(tmp_path / "over.toml")])

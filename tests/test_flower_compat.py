@@ -103,3 +103,27 @@ def test_secaggplus_on_ray_equals_serial_and_charges_its_stages(tmp_path: Path) 
     # vectors all travel (the masked vectors are bytes in a ConfigRecord).
     assert all(r["clients_sampled"] == 4 * 5 for r in records[1:])
     assert all(r["bytes_up"] > 5 * 9 * 8 for r in records[1:])
+
+
+@pytest.mark.slow
+def test_secaggplus_recovers_from_dropouts_as_its_protocol_allows(tmp_path: Path) -> None:
+    """Each SecAgg+ stage draws its own dropouts: with a few, the masks still cancel; with
+    most clients gone, Flower's workflow gives up the round (its own message), the model stays."""
+    sys.path.insert(0, str(ROOT / "benchmarks" / "secaggapp"))
+    from secaggapp import app as bench_app
+
+    from fedsim.report import read_metrics
+    from fedsim.runapp import run_app
+
+    for dropout, out in ((0.1, "few"), (0.8, "most")):
+        (tmp_path / f"{out}.toml").write_text(f"[devices]\ndropout = {dropout}\n")
+        bench_app.RESULT.clear()
+        run_app(ROOT / "benchmarks" / "secaggapp", run_config=["num-server-rounds=1 num-params=50"],
+                num_supernodes=10, out_dir=tmp_path / out, plots=False, progress=False,
+                system=tmp_path / f"{out}.toml")
+        record = read_metrics(tmp_path / out)[1]
+        assert record["dropouts"] >= 1
+        if out == "few":  # the round's mean moved by exactly 1 despite the dropouts
+            assert bench_app.RESULT[1] == pytest.approx(1.0, abs=1e-3)
+        else:  # too few left: no aggregate, the model is unchanged
+            assert bench_app.RESULT[1] == pytest.approx(0.0, abs=1e-6)

@@ -48,10 +48,12 @@ from fedsim.engine.system import (
 #: Node ids are ``NODE_ID_OFFSET + partition id``.
 NODE_ID_OFFSET = 1_000_000
 
-# How long a strategy may poll get_node_ids() without sending anything before the grid
-# concludes it waits for nodes that will never join (Flower's samplers sleep 1 s per poll).
+# A poll that follows the previous one by at least this many seconds looks like a sampler's
+# sleep; this many such gaps in a row, with nothing sent, means it waits for nodes that will
+# never come. (Polls in quick succession, e.g. a legacy client manager refreshing its node
+# list before every call, or long computations between messages, do not count.)
 _STALL_POLLS = 3
-_STALL_SECONDS = 2.5
+_STALL_GAP_S = 0.8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,14 +194,14 @@ class SimulationGrid(Grid):
         TaskIdentity.run_id = run_id
         TaskIdentity.node_id = SUPERLINK_NODE_ID
         self._lock = threading.RLock()  # a ServerApp may call the grid from several threads
+        self._stages: dict[tuple[int, str], int] = {}  # synchronous exchanges so far, per (round, phase)
         self._pending: dict[str, Message] = {}
         self._sent_at: dict[str, float] = {}  # virtual push time of each pending message
         self._inflight: dict[str, tuple[float, Message]] = {}  # pushed and run: (arrival time, reply)
         self._seq = 0
         self._exchanges = 0
         self._seeded_for = -1
-        self._polls = 0
-        self._poll_start = 0.0
+        self._polls: list[float] = []  # wall times of get_node_ids() calls since the last push
         self._last_round = 0
 
     # ----------------------------------------------------------------- checkpoints
@@ -266,10 +268,9 @@ class SimulationGrid(Grid):
         if self._seeded_for != self._exchanges:
             self._seeded_for = self._exchanges
             seeding.seed_python_random(self.seed, self._exchanges, "sampling")
-        self._polls += 1
-        if self._polls == 1:
-            self._poll_start = time.monotonic()
-        elif self._polls > _STALL_POLLS and time.monotonic() - self._poll_start > _STALL_SECONDS:
+        self._polls = [*self._polls[-_STALL_POLLS:], time.monotonic()]
+        gaps = [b - a for a, b in zip(self._polls, self._polls[1:])]
+        if len(gaps) >= _STALL_POLLS and all(g >= _STALL_GAP_S for g in gaps[-_STALL_POLLS:]):
             raise RuntimeError(
                 f"the strategy keeps waiting for more nodes, but this simulation has {self.num_nodes}; "
                 "lower its min_available_nodes / min_train_nodes / min_evaluate_nodes")
@@ -281,7 +282,7 @@ class SimulationGrid(Grid):
 
     def _push(self, messages: Iterable[Message]) -> list[str]:
         self._exchanges += 1  # the next sampling draw gets a fresh seed
-        self._polls = 0
+        self._polls = []
         ids = []
         for msg in messages:
             if not isinstance(msg, Message):
@@ -381,7 +382,9 @@ class SimulationGrid(Grid):
         n_asked = len(items)
         items = list(items)
         extra = self._over_select(phase, items, policy.extra_clients(len(items))) if phase.startswith("train") else 0
-        sim = self._simulate(phase, rnd, items, [start] * len(items), deadline, policy.drops_protocol_stragglers)
+        stream = self._stream(rnd, phase)
+        sim = self._simulate(phase, rnd, items, [start] * len(items), deadline, policy.drops_protocol_stragglers,
+                             stream)
         sel = policy.select(sim.arrivals, deadline, keep=n_asked if extra else None)
         self.clock.advance(sel.wait)
         kept = [(items[i][0], sim.replies[i]) for i in sel.kept if sim.replies[i] is not None]
@@ -393,6 +396,14 @@ class SimulationGrid(Grid):
             reduced = reduce_replies([r for _, r in kept], self.reduce_by, dict(items))
             kept = [(r.metadata.reply_to_message_id, r) for r in reduced]
         return kept
+
+    def _stream(self, rnd: int, phase: str) -> str:
+        """The name of an exchange's random draws: the phase, and for a protocol's later
+        stages in the same round (SecAgg+ sends four training exchanges a round) the phase
+        numbered, so each stage draws its own availability, dropouts and losses."""
+        self._stages = {k: v for k, v in self._stages.items() if k[0] == rnd}
+        n = self._stages[(rnd, phase)] = self._stages.get((rnd, phase), 0) + 1
+        return phase if n == 1 else f"{phase}@{n}"
 
     def _over_select(self, phase: str, items: list[tuple[str, Message]], count: int) -> int:
         """Add ``count`` more clients (seeded, not already chosen) with the same message; how many were added."""
@@ -456,10 +467,11 @@ class SimulationGrid(Grid):
             decode_seconds=sim.decode_seconds))
 
     def _simulate(self, phase: str, rnd: int, items: list[tuple[str, Message]], starts: list[float],
-                  deadline: float | None, drop_stragglers: bool) -> _Simulated:
-        """Dispatch, run and deliver one phase's messages; arrivals are relative to each start."""
+                  deadline: float | None, drop_stragglers: bool, stream: str = "") -> _Simulated:
+        """Dispatch, run and deliver one phase's messages; arrivals are relative to each start.
+        ``stream`` names the exchange's random draws (default: the phase)."""
         sim = _Simulated([math.inf] * len(items), [None] * len(items), {}, 0, 0, 0.0)
-        jobs = self._dispatch(phase, rnd, items, starts, deadline, sim)
+        jobs = self._dispatch(phase, rnd, items, starts, deadline, sim, stream or phase)
         jobs = self._protocol_stragglers(phase, rnd, jobs, drop_stragglers, sim.counts)
         results = self._run_in_waves([job.task for job in jobs])
         references: dict[int, dict[str, np.ndarray]] = {}  # the global model, decoded once per content
@@ -474,7 +486,7 @@ class SimulationGrid(Grid):
         return sim
 
     def _dispatch(self, phase: str, rnd: int, items: list[tuple[str, Message]], starts: list[float],
-                  deadline: float | None, sim: _Simulated) -> list[_Job]:
+                  deadline: float | None, sim: _Simulated, stream: str) -> list[_Job]:
         """Each message's fate before its ClientApp runs (node known? online? model arrived?
         dropout? compute budget?); the messages that reach a ClientApp, as jobs."""
         system = self.system
@@ -489,7 +501,7 @@ class SimulationGrid(Grid):
                 continue
             cid = self.partition_id(dst)
             k = occurrence[dst] = occurrence.get(dst, -1) + 1
-            purpose = f"{phase}-{k}" if k else phase
+            purpose = f"{stream}-{k}" if k else stream
             down_bytes = down_cache.get(id(msg.content))
             if down_bytes is None:  # usually one content (the global model) for every message
                 down_bytes = down_cache[id(msg.content)] = payload_bytes(msg.content)
