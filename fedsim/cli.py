@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
 
             def on_cell(cell: dict) -> None:
                 extra = f": {cell['error']}" if cell["error"] else ""
-                print(f"  {cell['id']} [{cell['label']}, seed {cell['seed']}] {cell['status']}{extra}", flush=True)
+                print(one_line(f"  {cell['id']} [{cell['label']}, seed {cell['seed']}] {cell['status']}{extra}"),
+                      flush=True)
 
             manifest = run_sweep(sweep, out, yes=args.yes, parallel=args.parallel, on_cell=on_cell)
             done = sum(c["status"] == "done" for c in manifest["cells"])

@@ -48,11 +48,33 @@ __all__ = ["Config", "Named", "apply_overrides", "from_dict", "load_config", "re
 
 @dataclasses.dataclass(frozen=True)
 class RunSection:
-    name: str = "fedsim"
+    name: str = option("fedsim", doc="the run's name: one folder name (letters, digits, space, . _ - + = , @ "
+                                     "( ) [ ]; at most 100 characters), used in the results folder's name")
     seed: int = option(0, ge=0, lt=2**32)
     rounds: int = option(10, ge=1, le=1_000_000)
     checkpoint_every: int = option(0, ge=0, le=1_000_000,
                                    doc="save <run>/checkpoint.safetensors every N rounds (0 = never); resume with --resume")
+
+    def check(self, path: str) -> None:
+        check_name(self.name, f"{path}.name")
+
+
+#: Characters a run name may use besides letters and digits (it names a folder).
+NAME_PUNCTUATION = " ._-+=,@()[]"
+
+
+def check_name(name: str, field: str) -> None:
+    """A run name is one folder name: no path separators, no control or invisible characters."""
+    import unicodedata
+
+    if not name or len(name) > 100:
+        raise ConfigError(field, name, "must be 1 to 100 characters")
+    if name in (".", "..") or name.strip() != name or name.startswith("."):
+        raise ConfigError(field, name, "must not be '.' or '..', start with '.', or start or end with a space")
+    for ch in name:
+        if not (ch.isalnum() or ch in NAME_PUNCTUATION) or unicodedata.category(ch)[0] in "CZ" and ch != " ":
+            raise ConfigError(field, name, f"has {ch!r}; a run name is one folder name: letters, digits, space "
+                                           f"and {NAME_PUNCTUATION.strip()}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +84,8 @@ class ServerSection:
     timeout: float = option(3600.0, gt=0.0, doc="the timeout Flower's Strategy.start passes to the grid")
     reduce_replies: bool = option(True, doc="FedAvg-family strategies receive one pre-averaged training reply "
                                             "(bit-identical result, faster); false = every reply")
+    max_update_norm: float = option(0.0, ge=0.0, doc="exclude training updates whose L2 norm (reply minus the model "
+                                                     "sent) exceeds this, with the reason recorded; 0 = off")
     max_empty_rounds: int = option(5, ge=0, le=1_000_000,
                                    doc="stop the run after this many rounds in a row aggregate no training reply "
                                        "(0 = never stop)")

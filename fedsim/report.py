@@ -67,7 +67,10 @@ class RunWriter:
             raise ConfigError("--out", str(self.out), "already holds a run's results; choose a new folder")
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError("--out", str(self.out), "is a file, not a folder")
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError("--out", str(self.out), f"cannot be created ({exc.strerror or exc})") from None
         self.metrics_path = self.out / METRICS
         self.metrics_path.write_text("")
 

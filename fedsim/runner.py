@@ -84,8 +84,12 @@ def torch_threads(n: int) -> Iterator[None]:
 
 
 def default_out_dir(cfg: Config) -> Path:
+    """``report.out_dir/<run.name>-<time>`` (``run.name`` is one folder name; see `check_name`)."""
+    parent = Path(cfg.report.out_dir)
+    if parent.exists() and not parent.is_dir():
+        raise ConfigError("report.out_dir", cfg.report.out_dir, "is a file, not a folder")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(cfg.report.out_dir) / f"{cfg.run.name}-{stamp}"
+    base = parent / f"{cfg.run.name}-{stamp}"
     path, n = base, 1
     while path.exists():
         n += 1
@@ -297,6 +301,7 @@ def _run(cfg: Config, out: Path | None, writer: report.RunWriter | None, ck: Any
             start_round, initial = _restore(ck, setup, grid, recorder, writer)
         recorder.clock = grid.clock
         grid.model_replies = expects_model_replies(strategy)
+        grid.max_update_norm = cfg.server.max_update_norm
         if cfg.server.reduce_replies and not cfg.probe.enabled:
             from fedsim.engine.streaming import reducible
 
@@ -393,6 +398,7 @@ def _executor_kwargs(cfg: Config) -> dict[str, Any]:
                     client_timeout=r.client_timeout, max_retries=r.max_retries, threads=cfg.client.threads,
                     client_memory_mb=r.client_memory_mb, gpus_per_actor=r.gpus_per_actor,
                     memory_mb_per_actor=r.memory_mb_per_actor, num_clients=cfg.data.num_clients,
+                    host=r.host, start_timeout_s=r.start_timeout_s,
                     tiers=[Tier(t.name, t.clients[0], t.clients[1], t.num_actors, t.cpus, t.gpus, t.memory_mb)
                            for t in r.tiers])
     if cfg.executor.name == "vectorized":

@@ -143,9 +143,26 @@ def malformed(reply: Message, sent: Message) -> str | None:
             w, h = want[name], have[name]
             if tuple(h.shape) != tuple(w.shape):  # dtypes may differ (FedOpt sends float64 to float32 models)
                 return f"array {name!r} has shape {tuple(h.shape)}, expected {tuple(w.shape)}"
+        for _, rec in metrics_of(reply.content):
+            n = rec.get(keys.NUM_EXAMPLES)
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+                return f"{keys.NUM_EXAMPLES} = {n!r}: must be an integer >= 0"
     if sent.metadata.message_type == "evaluate" and not metrics_of(reply.content):
         return "evaluation reply carries no MetricRecord"
     return None
+
+
+def update_norm(reply: Message, sent: Message) -> float:
+    """The L2 norm of a training reply's update: its arrays minus the ones it was sent."""
+    sent_arrays = dict(arrays_of(sent.content)[0][1].items())
+    total = 0.0
+    for name, arr in arrays_of(reply.content)[0][1].items():
+        ref = sent_arrays.get(name)
+        if ref is None:
+            continue
+        delta = array_view(arr).astype(np.float64) - array_view(ref).astype(np.float64)
+        total += float(np.dot(delta.ravel(), delta.ravel()))
+    return math.sqrt(total)
 
 
 def message_round(message: Message) -> int | None:
@@ -188,6 +205,8 @@ class SimulationGrid(Grid):
         #: Whether replies must carry the model sent (names and shapes; `expects_model_replies`).
         #: Off for a user's ServerApp (Flower passes replies through as they are).
         self.model_replies = False
+        #: With model replies: exclude training updates whose L2 norm exceeds this (0 = off).
+        self.max_update_norm = 0.0
         run_id = run_id if run_id is not None else seeding.int_seed(seed, 0, seeding.SERVER, "run-id") % 2**63
         self._run = Run.create_empty(run_id=run_id)
         TaskIdentity.task_id = 1
@@ -576,6 +595,10 @@ class SimulationGrid(Grid):
             _add(counts, "corrupted", 1)
         if ok and self.model_replies and not reply.has_error() and not a.reason:
             bad = malformed(reply, task.message)
+            if bad is None and self.max_update_norm and phase.startswith("train") and arrays_of(task.message.content):
+                norm = update_norm(reply, task.message)
+                if not norm <= self.max_update_norm:
+                    bad = f"update norm {norm:.6g} > server.max_update_norm ({self.max_update_norm:g})"
             if bad is not None:
                 reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"reply excluded: {bad}")
         if (self.probe is not None and phase.startswith("train") and reply is not None

@@ -29,7 +29,14 @@ def client_fn(context: Context):  # type: ignore[no-untyped-def]
     return Client().to_client()
 
 
-client_app = ClientApp(client_fn=client_fn, mods=[secaggplus_mod])
+def secagg_if_configured(msg, context, call_next):  # type: ignore[no-untyped-def]
+    """``secaggplus_mod`` when the run config says ``secagg = true``, else the plain client."""
+    if context.run_config.get("secagg", True):
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+client_app = ClientApp(client_fn=client_fn, mods=[secagg_if_configured])
 server_app = ServerApp()
 
 

@@ -35,7 +35,7 @@ from fedsim.engine.executors.base import (
 )
 
 _IN_FLIGHT_PER_ACTOR = 2
-_READY_TIMEOUT_S = 120.0
+_READY_TIMEOUT_S = 120.0  # default of ray.start_timeout_s
 
 
 def limit_address_space(memory_mb: int) -> None:
@@ -116,7 +116,10 @@ class RayExecutor:
     def __init__(self, address: str = "", num_actors: int = 0, cpus_per_actor: float = 1.0,
                  client_timeout: float = 0.0, max_retries: int = 1, threads: int = 1,
                  client_memory_mb: int = 0, gpus_per_actor: float = 0.0, memory_mb_per_actor: int = 0,
-                 tiers: Sequence[Tier] = (), num_clients: int = 0) -> None:
+                 tiers: Sequence[Tier] = (), num_clients: int = 0, host: str = "127.0.0.1",
+                 start_timeout_s: float = _READY_TIMEOUT_S) -> None:
+        self.host = host
+        self.start_timeout_s = start_timeout_s
         self.client_memory_mb = client_memory_mb
         self.gpus_per_actor = gpus_per_actor
         self.memory_mb_per_actor = memory_mb_per_actor
@@ -150,7 +153,12 @@ class RayExecutor:
             kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING,
                                           log_to_driver=True, configure_logging=True)
             if self.address:
-                ray.init(address=self.address, **kwargs)
+                try:
+                    ray.init(address=self.address, **kwargs)
+                except Exception as exc:  # noqa: BLE001 - no cluster there: one line, not Ray's traceback
+                    first = (str(exc).strip().splitlines() or [""])[0][:300]
+                    raise ConfigError("ray.address", self.address,
+                                      f"cannot attach to a Ray cluster there ({type(exc).__name__}: {first})") from None
             else:
                 # "local" never attaches to a stale cluster left in Ray's temp folder. Workers
                 # inherit PYTHONPATH from the raylet this starts (cheaper than a runtime_env).
@@ -158,7 +166,7 @@ class RayExecutor:
                 old = os.environ.get("PYTHONPATH")
                 os.environ["PYTHONPATH"] = os.pathsep.join(paths + ([old] if old else []))
                 try:
-                    ray.init(address="local", num_cpus=cpus, **kwargs)
+                    ray.init(address="local", num_cpus=cpus, _node_ip_address=self.host, **kwargs)
                 finally:
                     if old is None:
                         os.environ.pop("PYTHONPATH", None)
@@ -186,10 +194,13 @@ class RayExecutor:
             return
         refs, self._ready = self._ready, []
         try:
-            self.actor_nodes = [node for _, node in ray.get(refs, timeout=_READY_TIMEOUT_S)]
-        except Exception as exc:
+            self.actor_nodes = [node for _, node in ray.get(refs, timeout=self.start_timeout_s)]
+        except Exception as exc:  # noqa: BLE001 - a slow or broken start: one line naming the setting
             self.shutdown()
-            raise RuntimeError(f"Ray actors did not start: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise ConfigError("ray.start_timeout_s", self.start_timeout_s,
+                              f"the Ray actors did not start ({type(exc).__name__}: {first}); on a loaded machine "
+                              "raise ray.start_timeout_s") from None
 
     def _new_actor(self, slot: int) -> Any:
         return self._actor_cls[self._slot_tier[slot]].remote(*self._init_args)

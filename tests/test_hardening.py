@@ -1,0 +1,52 @@
+"""Inputs and replies a careful user (or an attacker) might send: names that are paths,
+absurd replies, folders that cannot be written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fedsim
+from fedsim.config import from_dict
+from fedsim.core.errors import ConfigError
+from tests.conftest import tiny_raw
+
+
+@pytest.mark.parametrize("name", ["../../x", "/", "/etc", "a/b", "a\\\\b", "..", ".", "x" * 101, "a\x00b",
+                                  "a\x1b[31mred", "r\u202eevil", " lead", ""])
+def test_run_names_are_one_folder_name(name: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_dict(tiny_raw(run={"name": name}))
+    assert str(info.value).startswith("run.name = ") and "\n" not in str(info.value)
+
+
+def test_results_folder_errors_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    cfg = from_dict(tiny_raw(report={"out_dir": str(tmp_path / "file"), "progress": False, "plots": False}))
+    with pytest.raises(ConfigError, match="report.out_dir = .*: is a file, not a folder"):
+        fedsim.run(cfg)
+    with pytest.raises(ConfigError, match="--out = .*: cannot be created"):
+        fedsim.run(cfg, out_dir=tmp_path / "file" / "run")
+
+
+def test_absurd_replies_are_excluded_with_the_reason() -> None:
+    cfg = from_dict(tiny_raw(client={"app": "tests.apps.absurd:app"}, run={"rounds": 1},
+                             strategy={"name": "fedavg", "fraction_train": 1.0, "fraction_evaluate": 0.0},
+                             server={"max_update_norm": 10.0}))
+    result = fedsim.run(cfg, write=False)
+    reasons = {f["partition_id"]: f["reason"] for f in result.history[1]["failures"]}
+    assert reasons[0] == "reply excluded: num-examples = -1000: must be an integer >= 0"
+    assert reasons[2] == "reply excluded: num-examples = 2.5: must be an integer >= 0"
+    assert reasons[1].startswith("reply excluded: update norm ") and "> server.max_update_norm (10)" in reasons[1]
+    assert set(reasons) == {0, 1, 2} and result.history[1]["clients_replied"] == 3
+    unlimited = fedsim.run(cfg.replace(["server.max_update_norm=0"]), write=False)
+    assert unlimited.history[1]["clients_replied"] == 4  # without the norm limit the huge update gets through
+    # Only the three sane clients count: every weight moved by exactly 0.01.
+    from fedsim.runsetup import prepare
+
+    start = prepare(cfg).initial
+    for key in result.arrays:
+        np.testing.assert_allclose(result.arrays[key].numpy() - start[key].numpy(), 0.01, atol=1e-6)
+
