@@ -116,7 +116,7 @@ class RayExecutor:
     def __init__(self, address: str = "", num_actors: int = 0, cpus_per_actor: float = 1.0,
                  client_timeout: float = 0.0, max_retries: int = 1, threads: int = 1,
                  client_memory_mb: int = 0, gpus_per_actor: float = 0.0, memory_mb_per_actor: int = 0,
-                 tiers: Sequence[Tier] = (), num_clients: int = 0, host: str = "127.0.0.1",
+                 tiers: Sequence[Tier] = (), num_clients: int = 0, host: str = "",
                  start_timeout_s: float = _READY_TIMEOUT_S) -> None:
         self.host = host
         self.start_timeout_s = start_timeout_s
@@ -166,7 +166,9 @@ class RayExecutor:
                 old = os.environ.get("PYTHONPATH")
                 os.environ["PYTHONPATH"] = os.pathsep.join(paths + ([old] if old else []))
                 try:
-                    ray.init(address="local", num_cpus=cpus, _node_ip_address=self.host, **kwargs)
+                    if self.host:
+                        kwargs["_node_ip_address"] = self.host
+                    ray.init(address="local", num_cpus=cpus, **kwargs)
                 finally:
                     if old is None:
                         os.environ.pop("PYTHONPATH", None)

@@ -33,8 +33,7 @@ class RayTierSection:
 @dataclasses.dataclass(frozen=True)
 class RaySection:
     address: str = option("", doc='"" starts a local Ray; "auto" or "ray://host:port" attaches to a cluster')
-    host: str = option("127.0.0.1", doc="the address a local Ray's processes listen on: loopback only (Ray has no "
-                                        "authentication); set this machine's address to let other nodes join")
+    host: str = option("", doc="the address a local Ray advertises to other nodes (\"\" = Ray's choice)")
     start_timeout_s: float = option(120.0, gt=0.0, le=86_400.0, doc="wall seconds to wait for the actors to start")
     num_actors: int = option(0, ge=0, le=100_000, doc="0 = number of CPU cores")
     cpus_per_actor: float = option(1.0, gt=0.0, le=1024)
