@@ -47,7 +47,8 @@ def close(a: Any, b: Any, path: str, atol: float) -> list[str]:
 
 @pytest.fixture(scope="module")
 def flower() -> dict[str, Any]:
-    """Each app on Flower's run_simulation, in a process of its own."""
+    """Each app on Flower's run_simulation, in a process of its own, one after another (Flower's
+    simulation attaches to a Ray it finds running, so two at once would share one)."""
     out: dict[str, Any] = {}
     for app in APPS:
         out.update(results(app, "flower"))
