@@ -35,6 +35,8 @@ from fedsim.core.schema import (
 )
 from fedsim.engine.executors.sections import ExecutorSection, RaySection
 from fedsim.engine.policies import RoundSection
+from fedsim.privacy import PrivacySection
+from fedsim.privacy import check_wrapper as check_privacy
 from fedsim.report import ReportSection
 from fedsim.scenarios.attacks.probe import ProbeSection
 from fedsim.scenarios.byzantine import ByzantineSection, check_app
@@ -111,6 +113,7 @@ class Config:
     executor: ExecutorSection = ExecutorSection()
     ray: RaySection = RaySection()
     report: ReportSection = ReportSection()
+    privacy: PrivacySection = PrivacySection()
     plugins: PluginsSection = PluginsSection()
 
     def check(self, path: str) -> None:
@@ -124,6 +127,7 @@ class Config:
 
         check_probe_config(self)
         check_app(self.byzantine, self.client.app)
+        check_privacy(self)
         if self.ray.tiers:
             covered = sorted((t.clients[0], t.clients[1], i) for i, t in enumerate(self.ray.tiers))
             edge = 0

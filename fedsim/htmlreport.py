@@ -137,7 +137,45 @@ def plots(loaded: Loaded) -> list[tuple[str, str]]:
         out.append((title, _png(fig)))
     if len(axes) == 2:
         out.append(_heatmap(plt, loaded, *axes))
+    if any(r.get("probe_psnr_mean") is not None for run in loaded.runs for r in run.records):
+        out.append(_leakage(plt, loaded))
     return out
+
+
+def _leakage(plt: Any, loaded: Loaded) -> tuple[str, str]:
+    """Accuracy, reconstruction PSNR and SSIM per round side by side: what a probe found, next
+    to what training reached (one line per configuration; the mean over seeds)."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (acc_ax, psnr_ax, ssim_ax) = plt.subplots(1, 3, figsize=(13, 3.8))
+    groups: dict[str, list[Any]] = {}
+    for run in loaded.runs:
+        groups.setdefault(run.group, []).append(run)
+    for name, runs in groups.items():
+        line = None
+        for ax, key in ((acc_ax, "central_acc"), (psnr_ax, "probe_psnr_mean"), (ssim_ax, "probe_ssim_mean")):
+            by_round: dict[int, list[float]] = {}
+            for run in runs:
+                for r in run.records:
+                    if r.get(key) is not None:
+                        by_round.setdefault(int(r["round"]), []).append(float(r[key]))
+            if not by_round:
+                continue
+            xs = sorted(by_round)
+            ys = [float(np.mean(by_round[x])) for x in xs]
+            kw = {"color": line.get_color()} if line is not None else {}
+            drawn = ax.plot(xs, ys, marker="o" if key != "central_acc" else None, markersize=3, label=name, **kw)[0]
+            line = line or drawn
+    for ax, ylabel in ((acc_ax, "centralized accuracy"), (psnr_ax, "reconstruction PSNR (dB)"),
+                       (ssim_ax, "reconstruction SSIM")):
+        ax.set_xlabel("round")
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    acc_ax.legend(fontsize=7)
+    psnr_ax.set_title("every image of a probed update counts (unreconstructed: 0 dB)", fontsize=8)
+    fig.tight_layout()
+    return "Leakage per round, beside accuracy", _png(fig)
 
 
 def _heatmap(plt: Any, loaded: Loaded, a: str, b: str) -> tuple[str, str]:

@@ -157,6 +157,10 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "bytes_shared": sum(r.get("bytes_shared", 0) for r in records),
         "client_failures": sum(len(r["failures"]) for r in records),
         "virtual_time_s": last.get("virtual_time_s", 0.0),
+        "privacy_epsilon": next((r["privacy_epsilon"] for r in reversed(records) if r.get("privacy_epsilon") is not None),
+                                None),
+        "privacy_delta": next((r["privacy_delta"] for r in reversed(records) if r.get("privacy_delta") is not None),
+                              None),
         **{key: sum(r.get(key, 0) for r in records) for key in SYSTEM_COUNTS},
         "wall_total_s": last.get("wall_total_s"),
     }

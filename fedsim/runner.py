@@ -204,7 +204,8 @@ class RoundEnd:
     record, checkpoints; it remembers the last non-empty global model."""
 
     def __init__(self, setup: RunSetup, recorder: Recorder, grid: SimulationGrid, executor: Any, prober: Any,
-                 out: Path | None, start_round: int, resumed: bool) -> None:
+                 out: Path | None, start_round: int, resumed: bool, ledger: Any = None) -> None:
+        self.ledger = ledger  # privacy accounting (fedsim.privacy.Ledger), when a DP mechanism runs
         self.setup = setup
         self.cfg = setup.cfg
         self.recorder = recorder
@@ -230,12 +231,22 @@ class RoundEnd:
         extra = getattr(self.setup.strategy, "round_metrics", None)  # e.g. FedBuff's staleness statistics
         if isinstance(extra, dict) and server_round > 0:
             self.recorder.pending.update({f"strategy_{k}": v for k, v in extra.items()})
+        if self.ledger is not None:
+            if server_round > 0:
+                self.ledger.record(*self.recorder.open_releases())
+            self.recorder.pending.update(self.ledger.epsilon())
         self.recorder.close_round(server_round, central)
         every = cfg.run.checkpoint_every
         if every and self.out is not None and server_round > 0 and server_round % every == 0:
             counters, nodes, codec_state, messages = self.grid.checkpoint_state()
+            if self.ledger is not None:
+                counters["privacy"] = self.ledger.state()
             checkpoint.save(self.out, server_round, arrays, self.setup.strategy, nodes, counters, codec_state,
                             messages=messages)
+        if self.ledger is not None and server_round < cfg.run.rounds:
+            why = self.ledger.over_budget()
+            if why is not None:
+                raise RunStopped(why)
         if central is None:
             return None
         return MetricRecord({"loss": central[0], "accuracy": central[1]})
@@ -311,8 +322,13 @@ def _run(cfg: Config, out: Path | None, writer: report.RunWriter | None, ck: Any
         prober = make_prober(cfg, setup, out) if cfg.probe.enabled else None
         if prober is not None:
             grid.probe = prober.collect
+        from fedsim.privacy import Ledger
+
+        ledger = Ledger(cfg)
+        if ck is not None and ledger.active:
+            ledger.load(ck.grid.get("privacy", {"central_rounds": 0, "per_client": {}}))
         round_end = RoundEnd(setup, recorder, grid, executor, prober, out, 0 if setup.own_loop else start_round,
-                             resumed=ck is not None)
+                             resumed=ck is not None, ledger=ledger if ledger.active else None)
         result, stopped = Result(arrays=initial), None
         try:
             with progress:

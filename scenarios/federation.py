@@ -74,6 +74,12 @@ class FederatedData:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x.shape[1:])
 
+    def client_train_index(self, cid: int) -> torch.Tensor:
+        """Positions of the client's training samples in the pool (``x``, ``y``), in the
+        order `client_train` returns them."""
+        idx = self.train_idx[cid]
+        return torch.cat([idx, self.client_shared_idx[cid]]) if self.client_shared_idx else idx
+
     def client_train(self, cid: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The client's training data: its partition, plus its portion of G when data is shared."""
         idx = self.train_idx[cid]

@@ -93,6 +93,7 @@ class Exchange:
     over_selected: int = 0  # extra clients sampled by the over_select policy
     partial: int = 0  # stragglers told to do fewer local epochs (FedProx's protocol)
     decode_seconds: float = 0.0  # wall seconds decoding codec payloads
+    released: tuple[int, ...] = ()  # partition ids whose reply reached the server (kept or late)
 
 
 def non_finite(content: RecordDict) -> str | None:
@@ -474,6 +475,9 @@ class SimulationGrid(Grid):
                 failures.append(Failure(rnd, phase, self.partition_id(dst) if dst >= NODE_ID_OFFSET else -1, dst,
                                         reply.error.reason or f"code {reply.error.code}"))
         c = sim.counts
+        released = tuple(self.partition_id(items[i][1].metadata.dst_node_id) for i, r in enumerate(sim.replies)
+                         if r is not None and not r.has_error() and math.isfinite(sim.arrivals[i])
+                         and items[i][1].metadata.dst_node_id >= NODE_ID_OFFSET)
         self.observer(Exchange(
             phase=phase, round=rnd, sampled=sampled, replied=sum(1 for r in kept_replies if not r.has_error()),
             failures=tuple(failures), bytes_down=sim.bytes_down, bytes_up=sim.bytes_up, client_seconds=sim.seconds,
@@ -483,7 +487,7 @@ class SimulationGrid(Grid):
             corrupted=c.get("corrupted", 0), retransmissions=c.get("retransmissions", 0),
             packets_lost=c.get("packets_lost", 0), packets_lost_for_good=c.get("packets_lost_for_good", 0),
             bit_flips=c.get("bit_flips", 0), over_selected=extra, partial=c.get("partial", 0),
-            decode_seconds=sim.decode_seconds))
+            decode_seconds=sim.decode_seconds, released=released))
 
     def _simulate(self, phase: str, rnd: int, items: list[tuple[str, Message]], starts: list[float],
                   deadline: float | None, drop_stragglers: bool, stream: str = "") -> _Simulated:

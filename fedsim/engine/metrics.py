@@ -113,6 +113,12 @@ class Recorder:
         """Continue after a checkpoint: the next round's virtual duration counts from here."""
         self._v_last = virtual_now
 
+    def open_releases(self) -> tuple[int, list[int]]:
+        """For privacy accounting: the open round's training replies kept, and every client whose
+        training reply reached the server (kept or late)."""
+        train = [e for e in self._open if e.phase.startswith("train")]
+        return sum(e.replied for e in train), [c for e in train for c in e.released]
+
     def has_open(self) -> bool:
         """Whether exchanges (or round 0's initial evaluation) wait to be closed into a round."""
         return bool(self._open) or self._initial is not None

@@ -1,8 +1,10 @@
 """Phong et al. 2017: a fully connected first layer with a bias leaks its input exactly.
 
-For y = W x + b, dL/dW_i = (dL/dy_i) x and dL/db_i = dL/dy_i, so x = (dL/dW_i) / (dL/db_i)
-for any unit i with a non-zero bias gradient. Exact for one input (FedSGD, batch 1); the
-baseline every other attack is compared with.
+For y = W x + b, dL/dW_i = (dL/dy_i) x and dL/db_i = dL/dy_i, so every unit gives
+dL/dW_i = (dL/db_i) x. x is their least-squares solution over the units,
+x = (gb . gW) / (gb . gb): exact for one input (FedSGD, batch 1), and robust under noise,
+where units whose bias gradient is zero (a dead ReLU) contribute only noise and get no
+weight. The baseline every other attack is compared with.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from fedsim.core.schema import option
 
 @dataclasses.dataclass(frozen=True)
 class AnalyticParams:
-    min_bias_grad: float = option(1e-12, gt=0.0, doc="units with a smaller |dL/db_i| are ignored")
+    min_bias_grad: float = option(1e-12, gt=0.0, doc="no reconstruction when ||dL/db|| is below this")
 
 
 def first_linear(view: ProbeView) -> tuple[str, str] | None:
@@ -55,13 +57,10 @@ class Analytic(Attack):
         w_name, b_name = first_linear(view)  # type: ignore[misc]
         g = pseudo_gradient(view)
         gw, gb = g[w_name].double(), g[b_name].double()
-        use = gb.abs() > self.params.min_bias_grad
-        if not use.any():
-            x = torch.zeros(gw.shape[1], dtype=torch.float64)
-        else:
-            # Every usable row gives x; a gradient-weighted average damps round-off.
-            weights = gb[use].abs()
-            x = ((gw[use] / gb[use, None]) * weights[:, None]).sum(0) / weights.sum()
+        norm = float(gb @ gb)
+        x = (gb @ gw) / norm if norm > self.params.min_bias_grad ** 2 else torch.zeros(gw.shape[1], dtype=torch.float64)
         labels = infer_labels(view, 1)
+        residual = float(((gw - gb[:, None] * x[None]) ** 2).sum())
         return Reconstruction(x.float().reshape(1, *view.input_shape),
-                              labels if labels is not None else torch.zeros(1, dtype=torch.long))
+                              labels if labels is not None else torch.zeros(1, dtype=torch.long),
+                              loss_trace=(residual,), final_loss=residual)

@@ -70,6 +70,8 @@ class ProbeView:
 class Reconstruction:
     x: torch.Tensor  # (B, *input_shape)
     labels: torch.Tensor  # (B,)
+    loss_trace: tuple[float, ...] = ()  # the attack's objective after each step (its lowest is final_loss)
+    final_loss: float = float("nan")  # the objective of the reconstruction returned
 
 
 class Attack:

@@ -44,6 +44,7 @@ class InvertingParams:
     unroll: str = option("auto", choices=("auto", "always", "never"),
                          doc="replay the client's local steps (auto: when it took more than one)")
     box: tuple[float, ...] = option((0.0, 1.0), doc="valid input range")
+    init: str = option("normal", choices=("normal", "uniform"), doc="the dummy inputs' first draw (the paper: normal)")
 
 
 @register_attack("inverting_gradients", InvertingParams)
@@ -68,9 +69,13 @@ class InvertingGradients(Attack):
         observed = observed_update(view) if unroll else pseudo_gradient(view)
         target = [observed[k] for k in names]
         lo, hi = p.box
-        best = (float("inf"), None)
+        best: tuple[float, torch.Tensor | None, list[float]] = (float("inf"), None, [])
         for _ in range(p.restarts):
-            x = (lo + (hi - lo) * torch.rand((b, *view.input_shape), generator=generator)).requires_grad_(True)
+            shape = (b, *view.input_shape)
+            start = (torch.randn(shape, generator=generator) if p.init == "normal"
+                     else lo + (hi - lo) * torch.rand(shape, generator=generator))
+            x = start.clamp(lo, hi).requires_grad_(True)
+            trace: list[float] = []
             opt = torch.optim.Adam([x], lr=p.lr)
             sched = torch.optim.lr_scheduler.MultiStepLR(
                 opt, milestones=[int(p.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)], gamma=0.1)
@@ -81,6 +86,7 @@ class InvertingGradients(Attack):
                 else:
                     sim = gradients(model, params, names, x, labels)
                 loss = cosine_distance(sim, target) + p.tv * total_variation(x)
+                trace.append(float(loss.detach()))
                 loss.backward()
                 x.grad.sign_()
                 opt.step()
@@ -92,6 +98,6 @@ class InvertingGradients(Attack):
                                               target))
             else:
                 final = float(cosine_distance(gradients(model, params, names, x, labels, create_graph=False), target))
-            if final < best[0]:
-                best = (final, x.detach().clone())
-        return Reconstruction(best[1], labels)
+            if final < best[0] or best[1] is None:
+                best = (final, x.detach().clone(), trace)
+        return Reconstruction(best[1], labels, loss_trace=tuple(best[2]), final_loss=best[0])

@@ -4,11 +4,17 @@ PSNR is computed on the reconstruction clamped to the valid pixel range [0, 1] (
 range 1) and capped at 100 dB. SSIM is pytorch-msssim's, with a Gaussian window no larger
 than the image. With several reconstructions and several true inputs, each reconstruction
 is paired with a distinct input by the Hungarian method on MSE.
+
+Scoring is honest (`score_all`): every input the client trained on counts. An input no
+reconstruction was paired with (an attack that rebuilds one batch of a multi-step update,
+say) is a failure: 0 dB, SSIM 0, its label wrong. The headline PSNR is the mean over all
+inputs; the mean over the reconstructed ones and the coverage are reported beside it.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,6 +72,27 @@ def score(reconstructions: torch.Tensor, labels: torch.Tensor, truths: torch.Ten
                     "psnr": psnr(reconstructions[r], truths[t]),
                     "ssim": ssim(reconstructions[r], truths[t]),
                     "label_ok": float(int(labels[r]) == int(true_labels[t])) if r < len(labels) else 0.0})
+    return out
+
+
+FAILED_PSNR = 0.0
+
+
+def score_all(reconstructions: torch.Tensor, labels: torch.Tensor, truths: torch.Tensor,
+              true_labels: torch.Tensor) -> list[dict[str, Any]]:
+    """One record per true input, in order: its pairing, mse, psnr, ssim, label_ok; an input
+    without a reconstruction scores as a failure (``reconstruction`` None, 0 dB, SSIM 0)."""
+    paired = {t: r for r, t in match(reconstructions, truths)} if len(reconstructions) else {}
+    out = []
+    for t in range(len(truths)):
+        r = paired.get(t)
+        if r is None:
+            out.append({"truth": t, "reconstruction": None, "mse": mse(torch.zeros_like(truths[t]) + 0.5, truths[t]),
+                        "psnr": FAILED_PSNR, "ssim": 0.0, "label_ok": 0.0})
+            continue
+        out.append({"truth": t, "reconstruction": r, "mse": mse(reconstructions[r].clamp(0, 1), truths[t]),
+                    "psnr": psnr(reconstructions[r], truths[t]), "ssim": ssim(reconstructions[r], truths[t]),
+                    "label_ok": float(r < len(labels) and int(labels[r]) == int(true_labels[t]))})
     return out
 
 

@@ -54,11 +54,13 @@ class _Pending:
 
 
 class Truth:
-    """Ground truth for one probe; attacks never hold one (a test guards this)."""
+    """Ground truth for one probe; attacks never hold one (a test guards this). ``indices``
+    are the samples' positions in the federation's pool (for re-scoring and publishing)."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor | None = None) -> None:
         self.x = x
         self.y = y
+        self.indices = indices if indices is not None else torch.full((len(y),), -1, dtype=torch.long)
 
 
 class ProbeRunner:
@@ -126,31 +128,39 @@ class ProbeRunner:
         x, y = self.data.client_train(cid)
         order = torch.randperm(len(x), generator=seeding.torch_generator(self.seed, rnd, cid, "batches"))
         used = order[: min(len(x), view.batch_size * max(view.steps, 1))]
-        return Truth(x[used], y[used])
+        index = getattr(self.data, "client_train_index", None)
+        positions = index(cid)[used] if index is not None else used  # (lazy federations: local positions)
+        return Truth(x[used], y[used], positions)
 
     # ------------------------------------------------------------ end of round
     def run_round(self, rnd: int, executor: Any = None) -> dict[str, Any]:
-        """Attack this round's collected updates (on the executor's workers when given), then score."""
+        """Attack this round's collected updates (on the executor's workers when given), then
+        score every input each client trained on (`leak.score_all`) and save the artefacts."""
         pending, self._pending = self._pending, []
         if not pending:
             return {"probes": 0, "probe_psnr_mean": None, "probe_ssim_mean": None, "probe_label_acc": None,
-                    "wall_probe_s": 0.0}
+                    "probe_coverage": None, "probe_psnr_reconstructed": None, "wall_probe_s": 0.0}
         start = time.perf_counter()
         jobs = [(self.attack, p.view, seeding.int_seed(self.seed, rnd, p.view.client, "probe")) for p in pending]
         outcomes = executor.call(run_attack, jobs) if executor is not None else [run_attack(j) for j in jobs]
-        rows = []
+        rows, montage = [], []
         for p, (rec, seconds) in zip(pending, outcomes):
             truth = self.truth_fn(rnd, p.view.client, p.view)  # only now: after the attack
-            scores = leak.score(rec.x, rec.labels, truth.x, truth.y)
+            scores = leak.score_all(rec.x, rec.labels, truth.x, truth.y)
+            done = [s for s in scores if s["reconstruction"] is not None]
             row = {"round": rnd, "client": p.view.client, "attack": self.attack.name, "images": len(truth.x),
-                   "reconstructed": len(rec.x), "steps": p.view.steps, "batch_size": p.view.batch_size,
+                   "reconstructed": len(done), "coverage": len(done) / max(1, len(truth.x)),
+                   "steps": p.view.steps, "batch_size": p.view.batch_size,
                    "psnr_mean": float(np.mean([s["psnr"] for s in scores])),
-                   "ssim_mean": float(np.nanmean([s["ssim"] for s in scores])) if scores else float("nan"),
+                   "psnr_reconstructed_mean": float(np.mean([s["psnr"] for s in done])) if done else None,
+                   "ssim_mean": _nanmean([s["ssim"] for s in scores]),
                    "mse_mean": float(np.mean([s["mse"] for s in scores])),
                    "label_acc": leak.label_accuracy(rec.labels[: len(truth.y)], truth.y),
-                   "per_image": scores, "wall_probe_s": seconds}
+                   "final_loss": rec.final_loss, "per_image": scores, "wall_probe_s": seconds}
             rows.append(row)
-            self._grid(row, rec.x, truth, rnd)
+            self._save(row, rec, truth)
+            montage.append((row, rec, truth, scores))
+        self._montage(rnd, montage)
         self.results.extend(rows)
         if self.out_dir is not None:
             with (self.out_dir / "probes.jsonl").open("a") as fh:
@@ -158,9 +168,63 @@ class ProbeRunner:
                     fh.write(json.dumps(_clean(row)) + "\n")
         return {"probes": len(rows),
                 "probe_psnr_mean": float(np.mean([r["psnr_mean"] for r in rows])),
-                "probe_ssim_mean": float(np.nanmean([r["ssim_mean"] for r in rows])),
+                "probe_ssim_mean": _nanmean([r["ssim_mean"] for r in rows]),
                 "probe_label_acc": float(np.mean([r["label_acc"] for r in rows])),
+                "probe_coverage": float(np.mean([r["coverage"] for r in rows])),
+                "probe_psnr_reconstructed": _nanmean([r["psnr_reconstructed_mean"] for r in rows]),
                 "wall_probe_s": time.perf_counter() - start}
+
+    def _save(self, row: dict[str, Any], rec: Any, truth: Truth) -> None:
+        """``probes/roundRRRR-clientCCCCC.npz``: reconstructions, originals, labels (true and
+        inferred), the originals' pool indices, the pairing, per-image scores, the loss trace."""
+        if self.out_dir is None:
+            return
+        folder = self.out_dir / "probes"
+        folder.mkdir(exist_ok=True)
+        scores = row["per_image"]
+        np.savez_compressed(
+            folder / f"round{row['round']:04d}-client{row['client']:05d}.npz",
+            reconstructions=rec.x.detach().float().numpy(), inferred_labels=rec.labels.detach().numpy(),
+            originals=truth.x.detach().float().numpy(), true_labels=truth.y.detach().numpy(),
+            indices=truth.indices.detach().numpy(),
+            pairing=np.array([-1 if s["reconstruction"] is None else s["reconstruction"] for s in scores]),
+            psnr=np.array([s["psnr"] for s in scores]), ssim=np.array([s["ssim"] for s in scores]),
+            loss_trace=np.asarray(rec.loss_trace, dtype=np.float64), final_loss=np.float64(rec.final_loss))
+        self._grid(row, rec.x, truth, row["round"])
+
+    def _montage(self, rnd: int, probes: list[tuple[Any, ...]]) -> None:
+        """``probes/roundRRRR.png``: every probed client of the round, originals over reconstructions."""
+        if self.out_dir is None or self.cfg.grid_images == 0 or not probes or len(probes[0][2].x[0].shape) != 3:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg", force=True)
+        import matplotlib.pyplot as plt
+
+        per = max(1, min(self.cfg.grid_images, max(len(t.x) for _, _, t, _ in probes)))
+        fig, axes = plt.subplots(2 * len(probes), per, figsize=(1.2 * per + 0.6, 2.4 * len(probes)), squeeze=False)
+        for k, (row, rec, truth, scores) in enumerate(probes):
+            for j in range(per):
+                for i in range(2):
+                    axes[2 * k + i, j].axis("off")
+                if j >= len(scores):
+                    continue
+                s = scores[j]
+                images = [truth.x[j], None if s["reconstruction"] is None else rec.x[s["reconstruction"]].clamp(0, 1)]
+                for i, img in enumerate(images):
+                    if img is None:
+                        continue
+                    chw = img.detach().numpy()
+                    axes[2 * k + i, j].imshow(chw[0] if chw.shape[0] == 1 else np.transpose(chw, (1, 2, 0)),
+                                              cmap="gray", vmin=0, vmax=1)
+                axes[2 * k + 1, j].set_title(f"{s['psnr']:.0f} dB", fontsize=6)
+            axes[2 * k, 0].set_title(f"client {row['client']}", fontsize=7, loc="left")
+        fig.suptitle(f"round {rnd}: {probes[0][0]['attack']} (top: original, bottom: attack)", fontsize=8)
+        fig.tight_layout()
+        folder = self.out_dir / "probes"
+        folder.mkdir(exist_ok=True)
+        fig.savefig(folder / f"round{rnd:04d}.png", dpi=100)
+        plt.close(fig)
 
     def _grid(self, row: dict[str, Any], x_hat: torch.Tensor, truth: Truth, rnd: int) -> None:
         if self.out_dir is None or self.cfg.grid_images == 0 or len(truth.x[0].shape) != 3:
@@ -188,6 +252,11 @@ class ProbeRunner:
         folder.mkdir(exist_ok=True)
         fig.savefig(folder / f"round{rnd:04d}-client{row['client']:05d}.png", dpi=100)
         plt.close(fig)
+
+
+def _nanmean(values: list[Any]) -> float | None:
+    vals = [float(v) for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(vals)) if vals else None
 
 
 def run_attack(job: tuple[Any, ProbeView, int]) -> tuple[Any, float]:
