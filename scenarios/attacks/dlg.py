@@ -3,8 +3,9 @@
 As in the papers' code: dummy inputs (and, for DLG, soft labels) start from a normal draw
 and are optimized with L-BFGS (lr 1), each ``optimizer.step`` letting L-BFGS iterate
 (``inner_iterations``, torch's ``max_iter``: 20 as in the original code) for ``outer_steps``
-steps (300); the lowest-loss iterate is kept, and of several ``restarts`` the one with the
-lowest matching loss. iDLG reads the label from the sign of the classifier-weight gradient
+steps (300); the lowest-loss iterate is kept, and of up to ``restarts`` starts the one with
+the lowest matching loss (a start whose match is already exact, below ``good_enough``,
+ends the search: what a real attacker would do, seeing the loss). iDLG reads the label from the sign of the classifier-weight gradient
 first and optimizes the inputs only. DLG runs L-BFGS without a line search, as its code
 does; iDLG with a strong-Wolfe line search, which converged more often (see
 `_GradientMatching.auto_line_search`).
@@ -39,7 +40,8 @@ from fedsim.scenarios.attacks.common import (
 class DlgParams:
     outer_steps: int = option(300, ge=1, le=1_000_000, doc="L-BFGS steps (optimizer.step calls)")
     inner_iterations: int = option(20, ge=1, le=10_000, doc="L-BFGS iterations within each step (max_iter)")
-    restarts: int = option(1, ge=1, le=1000, doc="fresh starts; the one with the lowest matching loss wins")
+    restarts: int = option(3, ge=1, le=1000, doc="at most this many fresh starts; the lowest matching loss wins")
+    good_enough: float = option(1e-6, ge=0.0, doc="no further restart once a start's matching loss is below this")
     lr: float = option(1.0, gt=0.0)
     init: str = option("normal", choices=("normal", "uniform"), doc="the dummy inputs' first draw")
     line_search: str = option("auto", choices=("auto", "strong_wolfe", "none"),
@@ -99,6 +101,8 @@ class _GradientMatching(Attack):
             if lowest[0] < best[0] or best[1] is None:
                 labels = known if known is not None else lowest[2].argmax(-1)
                 best = (lowest[0], lowest[1], labels, trace)
+            if best[0] <= p.good_enough:  # an attacker sees the match is exact: no need to start again
+                break
         return Reconstruction(best[1], best[2], loss_trace=tuple(best[3]), final_loss=best[0])
 
 
