@@ -18,6 +18,10 @@ What is accounted, with Flower's RDP accountant (``flwr.serverapp.RdpAccountant`
   ``privacy_epsilon`` is the largest over clients (``privacy_epsilon_mean`` the mean over
   clients that released anything).
 
+A wrapper with no noise (``noise_multiplier = 0``: clipping only) gives no differential
+privacy: its epsilon is infinite from the first aggregated round (``null`` in JSON files,
+with a warning at the start); a budget cannot be combined with it.
+
 ``privacy.max_epsilon`` (> 0) stops the run before a round whose releases would take epsilon
 beyond it, with one line; ``privacy_epsilon`` and ``privacy_delta`` go to every round of
 metrics.jsonl, to summary.json, reports and ``fedsim compare``.
@@ -102,10 +106,11 @@ class Ledger:
         self.central_rounds = 0
         self.sample_size = int(self.wrapper_args.get("num_sampled_clients", 1) or 1)
         self.per_client: dict[int, int] = {}
-        if self.wrapper and self.central_multiplier <= 0:
-            raise ConfigError("strategy.wrapper.noise_multiplier", self.wrapper_args.get("noise_multiplier"),
-                              "gives no privacy (0 noise): epsilon would be infinite; set it > 0 for accounting, "
-                              "or remove the wrapper")
+
+    @property
+    def unbounded(self) -> bool:
+        """A wrapper that clips but adds no noise: no differential privacy at all."""
+        return bool(self.wrapper) and self.central_multiplier <= 0
 
     @property
     def active(self) -> bool:
@@ -140,7 +145,10 @@ class Ledger:
         s = self.section
         out: dict[str, float] = {"privacy_delta": s.delta}
         eps = 0.0
-        if self.wrapper:
+        if self.unbounded:
+            rounds = self.central_rounds + (1 if extra_round else 0)
+            eps = math.inf if rounds else 0.0
+        elif self.wrapper:
             rounds = self.central_rounds + (1 if extra_round else 0)
             eps = gaussian_epsilon(self.central_multiplier, rounds, s.delta,
                                    min(self.sample_size, self.population), self.population, s.sampling)
@@ -172,5 +180,11 @@ def check_wrapper(cfg: Any) -> None:
     if cfg.privacy.max_epsilon and not (getattr(cfg.strategy.params, "wrapper", "") or cfg.client.local_dp.enabled):
         raise ConfigError("privacy.max_epsilon", cfg.privacy.max_epsilon,
                           "needs a DP mechanism to account for: [strategy.wrapper] dp_* or [client.local_dp]")
+    wrapper = getattr(cfg.strategy.params, "wrapper", "")
+    args = dict(getattr(cfg.strategy.params, "wrapper_args", {}) or {})
+    if cfg.privacy.max_epsilon and wrapper and effective_multiplier(wrapper, args) <= 0:
+        raise ConfigError("strategy.wrapper.noise_multiplier", args.get("noise_multiplier", 0.0),
+                          "adds no noise, so no epsilon can stay within privacy.max_epsilon; "
+                          "set it > 0 or remove the budget")
     if math.isnan(cfg.privacy.delta):
         raise ConfigError("privacy.delta", cfg.privacy.delta, "must be a number")

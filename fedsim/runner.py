@@ -325,6 +325,9 @@ def _run(cfg: Config, out: Path | None, writer: report.RunWriter | None, ck: Any
         from fedsim.privacy import Ledger
 
         ledger = Ledger(cfg)
+        if ledger.unbounded:
+            log.warning("strategy.wrapper.noise_multiplier = 0: the wrapper clips but adds no noise, so the run has "
+                        "no differential privacy (privacy_epsilon is infinite, null in metrics.jsonl)")
         if ck is not None and ledger.active:
             ledger.load(ck.grid.get("privacy", {"central_rounds": 0, "per_client": {}}))
         round_end = RoundEnd(setup, recorder, grid, executor, prober, out, 0 if setup.own_loop else start_round,

@@ -45,13 +45,31 @@ def close(a: Any, b: Any, path: str, atol: float) -> list[str]:
     return []
 
 
+def by_hand(app: str, found: dict[str, Any]) -> bool:
+    """Whether a run's global values are each app's hand-computed ones (see ``expected``)."""
+    atol = 2e-3 if app == "secaggplus" else 1e-9
+    for rnd, arrays in found["arrays"].items():
+        values = np.concatenate([np.ravel(v) for v in arrays.values()])
+        if not np.allclose(values, expected(app, int(rnd)), atol=atol * 5 + 1e-5):
+            return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def flower() -> dict[str, Any]:
     """Each app on Flower's run_simulation, in a process of its own, one after another (Flower's
-    simulation attaches to a Ray it finds running, so two at once would share one)."""
+    simulation attaches to a Ray it finds running, so two at once would share one).
+
+    On a loaded machine Flower's own simulation sometimes loses replies (seen in CI: round 1
+    of ``message_api`` aggregated 2 of its 5 clients); such a reference run, which disagrees
+    with the hand-computed values, is run again (up to 3 tries) rather than compared."""
     out: dict[str, Any] = {}
     for app in APPS:
-        out.update(results(app, "flower"))
+        for _ in range(3):
+            got = results(app, "flower")
+            if by_hand(app, got[app]):
+                break
+        out.update(got)
     return out
 
 
@@ -79,10 +97,8 @@ def test_each_flower_app_gives_flowers_numbers_on_fedsim(app: str, flower: dict[
                                                          fedsim_serial: tuple[dict[str, Any], Path]) -> None:
     ours, folder = fedsim_serial
     atol = 2e-3 if app == "secaggplus" else 1e-9
+    assert by_hand(app, ours[app]), ours[app]["arrays"]
     assert not close(flower[app], ours[app], app, atol)
-    for rnd, arrays in ours[app]["arrays"].items():
-        values = np.concatenate([np.ravel(v) for v in arrays.values()])
-        assert np.allclose(values, expected(app, int(rnd)), atol=atol * 5 + 1e-5), (app, rnd, values[:3])
     # The app's own accuracy is the run's centralized accuracy, so reports and compare show it.
     from fedsim import compare
 

@@ -93,7 +93,9 @@ def test_csv_and_html_are_self_contained(tmp_path: Path) -> None:
     page = html_path.read_text()
     assert "http://" not in page and "https://" not in page and "<script" not in page
     images = page.count("src='data:image/png;base64,")
-    assert images == 2  # accuracy vs round, vs virtual time (one axis: no heatmap)
+    # accuracy vs round, vs virtual time, leakage beside accuracy (B probed); one axis: no heatmap
+    assert images == 3
+    assert "Leakage per round, beside accuracy" in page
     payload = page.split("src='data:image/png;base64,", 1)[1].split("'", 1)[0]
     assert base64.b64decode(payload).startswith(b"\x89PNG")
     assert "RuntimeError: boom" in page

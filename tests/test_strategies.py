@@ -195,8 +195,14 @@ def test_dp_wrappers_from_toml() -> None:
         # Clipped updates of norm <= 0.01, no noise: the global model moves at most 0.01.
         assert moved <= 0.01 + 1e-6, wrapper["name"]
         assert res.summary["client_failures"] == 0
+        # Clipping without noise is no differential privacy: epsilon infinite (null in JSON).
+        assert res.summary["privacy_epsilon"] is None or res.summary["privacy_epsilon"] == float("inf")
         key = next(iter(res.arrays))
         assert not np.allclose(res.arrays[key].numpy(), plain.arrays[key].numpy())
+    with pytest.raises(ConfigError, match="strategy.wrapper.noise_multiplier = 0.0: adds no noise"):
+        tiny_config(strategy={**base, "wrapper": {"name": "dp_server_fixed", "noise_multiplier": 0.0,
+                                                  "clipping_norm": 1.0, "num_sampled_clients": 3}},
+                    privacy={"max_epsilon": 5.0})
     with pytest.raises(ConfigError, match="strategy.wrapper.name = 'dp_magic': unknown strategy wrapper"):
         tiny_config(strategy={**base, "wrapper": {"name": "dp_magic"}})
     with pytest.raises(ConfigError, match="strategy.wrapper.clipping_norm = 0.0: must be > 0"):
