@@ -44,6 +44,10 @@ class ClientSection:
     grad_bits: int = option(0, ge=0, le=16, doc="quantized local training: k-bit stochastic gradients (0 = off)")
     autocast: str = option("none", choices=("none", "bf16"), doc="bf16 autocast for local training")
     device: str = option("auto", doc='"auto" (CUDA when present), "cpu", "cuda" or "cuda:N"')
+    timeout_s: float = option(0.0, ge=0.0, le=1e7,
+                              doc="wall seconds a client call may take (0 = no limit). serial/vectorized: the run "
+                                  "stops cleanly past it (in-process code cannot be killed safely); ray: the "
+                                  "client is dropped and its actor replaced (when ray.client_timeout is 0)")
     local_dp: LocalDpSection = LocalDpSection()
     app_config: Mapping[str, Any] = dataclasses.field(default_factory=dict,
                                                      metadata={"doc": "run_config for a user ClientApp"})

@@ -20,6 +20,7 @@ _LAZY = {
     "SimulationGrid": "fedsim.engine.grid",
     "RunResult": "fedsim.runner",
     "run": "fedsim.runner",
+    "resume": "fedsim.runner",
     # Registration of your own plug-ins by name (or name them by "package.module:attr").
     "Dataset": "fedsim.scenarios.datasets",
     "register_dataset": "fedsim.scenarios.datasets",

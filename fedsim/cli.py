@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("scenario", nargs="?", help="path to a scenario .toml, or a preset name (see `fedsim presets`)")
     p_run.add_argument("--resume", default=None, metavar="DIR",
                        help="continue the run in DIR from its last checkpoint (run.checkpoint_every)")
+    p_run.add_argument("--resume-with-changes", dest="accept", action="append", default=[], metavar="FIELD[,FIELD]",
+                       help="with --resume: the fields (or sections) whose change since the checkpoint is intended, "
+                            "e.g. run.rounds; any other change is refused")
     p_run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a scenario value (repeatable), e.g. --set strategy.fraction_train=0.2")
     p_run.add_argument("--out", default=None, help="results folder (default: report.out_dir/<name>-<time>)")
@@ -102,11 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             from fedsim.runner import resume, run
 
+            if args.accept and args.resume is None:
+                raise ConfigError("--resume-with-changes", ",".join(args.accept), "only goes with --resume DIR")
             if args.resume is not None:
-                if args.scenario or args.overrides or args.out:
-                    raise ConfigError("--resume", args.resume, "takes no SCENARIO, --set or --out (the run folder "
-                                                               "holds its config)")
-                result = resume(args.resume)
+                if args.scenario or args.out:
+                    raise ConfigError("--resume", args.resume, "takes no SCENARIO or --out (the run folder holds its "
+                                                               "config; --set with --resume-with-changes edits it)")
+                accept = [f for item in args.accept for f in item.split(",")]
+                result = resume(args.resume, overrides=args.overrides, accept=accept)
             elif args.scenario is None:
                 raise ConfigError("SCENARIO", None, "required: a scenario .toml or a preset name (or --resume DIR)")
             else:
@@ -181,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     except ConfigError as exc:
         print(f"fedsim: error: {exc}", file=sys.stderr)
+        frames = getattr(exc, "user_frames", "")
+        if frames:  # the user's own code raised: their frames only, below the one line
+            print("your code's traceback (most recent call last):\n" + frames.rstrip(), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fedsim: interrupted", file=sys.stderr)

@@ -13,7 +13,6 @@ first, so names its modules register resolve in the rest of the file.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 from fedsim.clients.settings import ClientSection
 from fedsim.clients.spec import ClientSpec
 from fedsim.core.errors import ConfigError
-from fedsim.core.overrides import apply_overrides
+from fedsim.core.overrides import apply_overrides, loads_toml
 from fedsim.core.plugins import PluginsSection, is_user_module, load_plugins_first
 from fedsim.core.schema import (
     Named,
@@ -237,12 +236,12 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError("scenario", str(path), "file not found")
     try:
-        with p.open("rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("scenario", str(path), f"invalid TOML: {exc}") from None
+        text = p.read_bytes().decode("utf-8-sig")  # a byte-order mark (Windows editors) is fine
     except UnicodeDecodeError:
         raise ConfigError("scenario", str(path), "invalid TOML: not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError("scenario", str(path), f"cannot be read ({exc.strerror})") from None
+    return loads_toml(text, "scenario", str(path))
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:

@@ -27,6 +27,7 @@ from fedsim.core import seeding
 from fedsim.core.errors import ConfigError
 from fedsim.engine import checkpoint
 from fedsim.engine.executors import make_executor
+from fedsim.engine.executors.guard import ClientTimeout
 from fedsim.engine.grid import SimulationGrid, expects_model_replies
 from fedsim.engine.metrics import Recorder
 from fedsim.engine.system import SystemModel
@@ -138,15 +139,29 @@ def check(config: Config | str | Path, overrides: Iterable[str] = ()) -> dict[st
             "strategy": cfg.strategy.name, "model": cfg.model.name, "dataset": cfg.data.dataset.name}
 
 
-def resume(out_dir: str | Path) -> RunResult:
-    """Continue the run in ``out_dir`` from its last checkpoint; the result equals an uninterrupted run's."""
+def resume(out_dir: str | Path, overrides: Iterable[str] = (), accept: Iterable[str] = ()) -> RunResult:
+    """Continue the run in ``out_dir`` from its last checkpoint; the result equals an
+    uninterrupted run's. The checkpoint is verified (schema, digests) and the folder's
+    scenario (with ``overrides``) must equal the one the checkpoint was written by, except
+    the fields (or sections) named in ``accept`` (see `fedsim.resuming`)."""
+    from fedsim import resuming
+
     out = Path(out_dir)
     if not (out / report.CONFIG).is_file():
         raise ConfigError("--resume", str(out), "is not a run folder (no config.toml)")
-    cfg = load_config(out / report.CONFIG)
+    cfg = load_config(out / report.CONFIG, overrides)
     ck = checkpoint.load(out)
+    changed = resuming.verify(ck.scenario, cfg.to_dict(), cfg.run.rounds, ck.round, accept)
     writer = report.RunWriter.reopen(out, keep_rounds=ck.round)
-    return _run(cfg, out, writer, ck)
+    if changed:
+        writer.write_config(cfg.to_dict())
+        for c in changed:
+            log.warning("resuming with a change: %s", c.describe())
+    result = _run(cfg, out, writer, ck)
+    if changed and writer is not None:
+        result.summary["resumed_with_changes"] = {c.field: [c.old, c.new] for c in changed}
+        writer.write_summary(result.summary)
+    return result
 
 
 ROUND_METHODS = ("configure_train", "aggregate_train", "configure_evaluate", "aggregate_evaluate")
@@ -242,7 +257,7 @@ class RoundEnd:
             if self.ledger is not None:
                 counters["privacy"] = self.ledger.state()
             checkpoint.save(self.out, server_round, arrays, self.setup.strategy, nodes, counters, codec_state,
-                            messages=messages)
+                            messages=messages, scenario=cfg.to_dict())
         if self.ledger is not None and server_round < cfg.run.rounds:
             why = self.ledger.over_budget()
             if why is not None:
@@ -342,7 +357,7 @@ def _run(cfg: Config, out: Path | None, writer: report.RunWriter | None, ck: Any
                 if left > 0:  # (a run resumed after its last round's checkpoint has nothing left)
                     result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=left, timeout=timeout,
                                             evaluate_fn=round_end)
-        except RunStopped as exc:
+        except (RunStopped, ClientTimeout) as exc:
             stopped = str(exc)
         finally:
             executor.shutdown()
@@ -362,7 +377,14 @@ def _run(cfg: Config, out: Path | None, writer: report.RunWriter | None, ck: Any
 def _restore(ck: Any, setup: RunSetup, grid: SimulationGrid, recorder: Recorder,
              writer: report.RunWriter | None) -> tuple[int, ArrayRecord]:
     """A checkpoint's state into the grid, strategy and recorder; (round reached, global arrays)."""
-    grid.restore(ck.grid, ck.nodes, ck.codec_state, ck.messages)
+    from fedsim import resuming
+
+    resuming.check_arrays(ck.arrays, setup.initial)
+    try:
+        grid.restore(ck.grid, ck.nodes, ck.codec_state, ck.messages)
+    except Exception as exc:  # noqa: BLE001 - the counters are the checkpoint's (verified, maybe crafted) input
+        raise ConfigError("--resume", "checkpoint", f"damaged or crafted checkpoint: grid state unusable "
+                                                    f"({type(exc).__name__}: {exc}); refused") from None
     checkpoint.restore_strategy(setup.strategy, ck)
     recorder.records = list(writer.kept) if writer is not None else []
     recorder.resume_at(grid.clock.now)
@@ -414,12 +436,12 @@ def _executor_kwargs(cfg: Config) -> dict[str, Any]:
 
         r = cfg.ray
         return dict(address=r.address, num_actors=r.num_actors, cpus_per_actor=r.cpus_per_actor,
-                    client_timeout=r.client_timeout, max_retries=r.max_retries, threads=cfg.client.threads,
+                    client_timeout=r.client_timeout or cfg.client.timeout_s, max_retries=r.max_retries, threads=cfg.client.threads,
                     client_memory_mb=r.client_memory_mb, gpus_per_actor=r.gpus_per_actor,
                     memory_mb_per_actor=r.memory_mb_per_actor, num_clients=cfg.data.num_clients,
                     host=r.host, start_timeout_s=r.start_timeout_s,
                     tiers=[Tier(t.name, t.clients[0], t.clients[1], t.num_actors, t.cpus, t.gpus, t.memory_mb)
                            for t in r.tiers])
     if cfg.executor.name == "vectorized":
-        return dict(threads=cfg.client.threads, chunk=cfg.executor.chunk)
-    return dict(threads=cfg.client.threads)
+        return dict(threads=cfg.client.threads, chunk=cfg.executor.chunk, timeout_s=cfg.client.timeout_s)
+    return dict(threads=cfg.client.threads, timeout_s=cfg.client.timeout_s)

@@ -16,6 +16,7 @@ from fedsim.scenarios.datasets import Dataset, load_dataset
 from fedsim.scenarios.partitioners import partition
 
 from fedsim.core import seeding
+from fedsim.core.errors import ConfigError
 from fedsim.core.schema import Named, named, option
 
 
@@ -130,6 +131,10 @@ def build(data: DataSection, seed: int) -> FederatedData:
         pool_x, pool_y = ds.x[~held], ds.y[~held]
         groups = None if ds.groups is None else ds.groups[~held]
         server_x, server_y = ds.x[held], ds.y[held]
+        if len(pool_y) < data.num_clients:
+            raise ConfigError("data.server_test_fraction", data.server_test_fraction,
+                              f"holds out {int(held.sum())} of {len(ds.y)} samples, leaving {len(pool_y)} for "
+                              f"{data.num_clients} clients; lower it (or data.num_clients)")
     parts = partition(data.partitioner.name, data.partitioner.params, pool_y, groups, data.num_clients,
                       seeding.rng(seed, 0, seeding.SERVER, "partition"))
     train_idx, test_idx = [], []

@@ -19,7 +19,7 @@ from flwr.serverapp import strategy as flwr_strategy
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.core.errors import ConfigError
-from fedsim.core.plugins import is_path
+from fedsim.core.plugins import is_path, user_failure
 from fedsim.core.registry import Registry
 from fedsim.core.schema import coerce
 
@@ -248,6 +248,8 @@ def build_strategy(name: str, args: StrategyArgs | Mapping[str, Any]) -> Strateg
         strategy = factory(**kwargs)
     except (ValueError, TypeError) as exc:  # the strategy's own argument checks
         raise ConfigError("strategy", kwargs, f"{name} refused its arguments: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a user's strategy raised while being built
+        raise user_failure("strategy.name", name, "raised while being built:", exc) from None
     if not isinstance(strategy, Strategy):
         raise ConfigError("strategy.name", name, "did not build a flwr.serverapp.strategy.Strategy")
     if isinstance(args, StrategyArgs) and args.wrapper:

@@ -50,3 +50,35 @@ def test_absurd_replies_are_excluded_with_the_reason() -> None:
     for key in result.arrays:
         np.testing.assert_allclose(result.arrays[key].numpy() - start[key].numpy(), 0.01, atol=1e-6)
 
+
+
+EXITS = dict(client={"app": "tests.apps.exits:app"}, run={"rounds": 2},
+             strategy={"name": "fedavg", "fraction_train": 1.0, "fraction_evaluate": 0.0})
+
+
+@pytest.mark.parametrize("executor", ["serial", "vectorized"])
+def test_a_client_that_exits_the_process_is_a_failed_client(executor: str) -> None:
+    cfg = from_dict(tiny_raw(**EXITS, executor={"name": executor}))
+    result = fedsim.run(cfg, write=False)
+    for rnd in (1, 2):
+        reasons = {f["partition_id"]: f["reason"] for f in result.history[rnd]["failures"]}
+        assert reasons[0].startswith("ClientExited: ClientApp called os._exit(1)")
+        assert reasons[1].startswith("ClientExited: ClientApp called sys.exit(3)")
+        assert result.history[rnd]["clients_replied"] == 4
+    assert result.stopped is None
+
+
+def test_client_timeout_stops_an_in_process_run_cleanly(tmp_path: Path) -> None:
+    import json
+    import time
+
+    raw = tiny_raw(**EXITS)
+    raw["client"] = {**raw["client"], "app_config": {"hang": True}, "timeout_s": 1.0}
+    start = time.monotonic()
+    result = fedsim.run(from_dict(raw), out_dir=tmp_path / "run")
+    assert time.monotonic() - start < 60
+    assert result.stopped is not None and result.stopped.startswith("client 2 ran past client.timeout_s = 1 s")
+    assert 'executor.name = "ray"' in result.stopped
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stopped"] == result.stopped  # everything written so far is kept
+    assert (tmp_path / "run" / "model.safetensors").is_file() and (tmp_path / "run" / "metrics.jsonl").is_file()

@@ -61,18 +61,35 @@ def _library_dirs() -> tuple[str, ...]:
     return tuple(os.path.join(os.path.realpath(d), "") for d in dirs)
 
 
-def _user_error(exc: BaseException) -> str:
-    """``Type: message at file.py:line``, for the innermost frame of the user's own code
-    (not the standard library's, an installed package's or fedsim's)."""
+def _own_frames(exc: BaseException) -> list[Any]:
+    """The traceback frames in the user's own code (not the standard library's, an installed
+    package's or fedsim's)."""
     import traceback
 
-    frames = traceback.extract_tb(exc.__traceback__)
     libraries = _library_dirs()
-    own = [f for f in frames if not os.path.realpath(f.filename).startswith(libraries)
-           and not f.filename.startswith("<frozen")]
-    at = (own or frames)[-1] if frames else None
+    return [f for f in traceback.extract_tb(exc.__traceback__)
+            if not os.path.realpath(f.filename).startswith(libraries) and not f.filename.startswith("<frozen")]
+
+
+def _user_error(exc: BaseException) -> str:
+    """``Type: message at file.py:line``, for the innermost frame of the user's own code."""
+    import traceback
+
+    frames = _own_frames(exc) or traceback.extract_tb(exc.__traceback__)
+    at = frames[-1] if frames else None
     where = f" at {Path(at.filename).name}:{at.lineno}" if at is not None else ""
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}{where}"
+
+
+def user_failure(field: str, value: Any, doing: str, exc: BaseException) -> ConfigError:
+    """A one-line `ConfigError` for the user's code raising, carrying the user's own frames
+    (``user_frames``: what the CLI prints below the line; never fedsim's or a library's)."""
+    import traceback
+
+    err = ConfigError(field, value, f"{doing} {_user_error(exc)}")
+    own = _own_frames(exc)
+    err.user_frames = "".join(traceback.format_list(own)) if own else ""  # type: ignore[attr-defined]
+    return err
 
 
 def import_module(name: str, field: str, value: Any = None) -> types.ModuleType:
@@ -105,7 +122,7 @@ def import_module(name: str, field: str, value: Any = None) -> types.ModuleType:
         hint = "" if missing != name.split(".")[0] else f"; is it importable from {os.getcwd()}?"
         raise ConfigError(field, shown, f"cannot import module {name!r}: no module named {missing!r}{hint}") from None
     except Exception as exc:  # noqa: BLE001 - the user's module raised while importing
-        raise ConfigError(field, shown, f"importing {name!r} raised {_user_error(exc)}") from None
+        raise user_failure(field, shown, f"importing {name!r} raised", exc) from None
 
 
 def load_attr(target: str, field: str) -> Any:
@@ -275,7 +292,7 @@ def call_with(obj: Any, kwargs: Mapping[str, Any], field: str = "", target: str 
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's plug-in raised: report it in one line
-        raise ConfigError(field, target or getattr(obj, "__qualname__", str(obj)), f"raised {_user_error(exc)}") from None
+        raise user_failure(field, target or getattr(obj, "__qualname__", str(obj)), "raised", exc) from None
 
 
 def _thawed(kwargs: Mapping[str, Any]) -> dict[str, Any]:

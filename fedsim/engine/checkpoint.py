@@ -10,14 +10,24 @@
   Flower's protobuf bytes;
 - the grid's counters (exchanges, which seed Flower's sampling; the virtual clock).
 
+- the resolved scenario it belongs to, with its digest, and a digest of its own tensor bytes.
+
 Per-client randomness needs no saved position: every stream is derived from
 ``(seed, round, client, purpose)``. The file is written to a temporary name, fsynced and
 renamed, so a crash leaves the previous checkpoint intact. Loading parses tensors and
 JSON only (safetensors; protobuf for node state): no pickle, no code runs.
+
+Loading verifies before anything is used: the metadata against its schema (types, the
+round within ``0..run.rounds``, every named tensor present), the tensor bytes against the
+digest (a flipped byte is refused), and, on restore, that the strategy state names only
+attributes the freshly built strategy declares (no attribute can be injected). The digests
+detect damage, not a forger who recomputes them; a crafted file still cannot run code or
+set undeclared state.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -27,10 +37,11 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, RecordDict
 
-from fedsim.core.errors import ConfigError
+from fedsim.core.errors import ConfigError, one_line
 
 FILE = "checkpoint.safetensors"
-FORMAT = 1
+FORMAT = 2
+KINDS = ("ndarray", "ArrayRecord", "dict", "list", "plain", "json")
 _PLAIN = (bool, int, float, str, type(None))
 
 
@@ -44,6 +55,21 @@ class Checkpoint:
     grid: dict[str, Any]
     extra: dict[str, Any]
     messages: dict[str, bytes]  # replies in flight (asynchronous strategies), Flower protobuf bytes
+    scenario: dict[str, Any]  # the resolved scenario (Config.to_dict) the checkpoint was written by
+
+
+def digest_scenario(scenario: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(scenario, sort_keys=True, allow_nan=True).encode()).hexdigest()
+
+
+def digest_tensors(tensors: dict[str, np.ndarray]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = np.ascontiguousarray(tensors[name])
+        h.update(f"{name}\0{t.dtype.str}\0{t.shape}\0".encode())
+        h.update(t.tobytes())
+    return h.hexdigest()
 
 
 def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
@@ -82,7 +108,26 @@ def _strategy_state(strategy: Any) -> tuple[dict[str, np.ndarray], dict[str, Any
     return tensors, plain
 
 
+def _check_declared(strategy: Any, plain: dict[str, Any]) -> None:
+    """Only attributes a freshly built strategy has, holding values of their kind, are set."""
+    declared = vars(strategy)
+    for name, spec in plain.items():
+        if name not in declared or name.startswith("__"):
+            raise ConfigError("--resume", "checkpoint", f"strategy state names {name!r}, which "
+                              f"{type(strategy).__name__} does not declare; refused")
+        now = declared[name]
+        if spec["kind"] == "plain" and now is not None and isinstance(now, _PLAIN):
+            value = spec["value"]
+            same = value is None or isinstance(value, type(now)) or (isinstance(now, float) and isinstance(value, int))
+            if not same or (isinstance(value, bool) and not isinstance(now, bool)):
+                raise ConfigError("--resume", "checkpoint", f"strategy state {name!r} holds a "
+                                  f"{type(value).__name__} where {type(strategy).__name__} has a {type(now).__name__}")
+
+
 def _restore_strategy(strategy: Any, plain: dict[str, Any], tensors: dict[str, np.ndarray]) -> None:
+    own = getattr(strategy, "fedsim_load_state", None)
+    if not callable(own):
+        _check_declared(strategy, plain)
     values: dict[str, Any] = {}
     for name, spec in plain.items():
         kind = spec["kind"]
@@ -96,9 +141,12 @@ def _restore_strategy(strategy: Any, plain: dict[str, Any], tensors: dict[str, n
             values[name] = [tensors[f"strategy/{name}/{i}"] for i in range(spec["n"])]
         else:  # plain, json
             values[name] = spec["value"]
-    own = getattr(strategy, "fedsim_load_state", None)
     if callable(own):
-        own(values)
+        try:  # the strategy's own loader decides what its state may hold
+            own(values)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise ConfigError("--resume", "checkpoint", f"{type(strategy).__name__}.fedsim_load_state refused the "
+                              f"saved state ({type(exc).__name__}: {one_line(str(exc), 200)})") from None
     else:
         for name, value in values.items():
             setattr(strategy, name, value)
@@ -114,7 +162,8 @@ def _jsonable(value: Any) -> bool:
 
 def save(out: Path, rnd: int, arrays: ArrayRecord, strategy: Any, nodes: dict[int, RecordDict],
          grid: dict[str, Any], codec_state: dict[int, dict[str, np.ndarray]] | None = None,
-         extra: dict[str, Any] | None = None, messages: dict[str, bytes] | None = None) -> Path:
+         extra: dict[str, Any] | None = None, messages: dict[str, bytes] | None = None,
+         scenario: dict[str, Any] | None = None) -> Path:
     from flwr.common.serde import recorddict_to_proto
     from safetensors.numpy import save as st_save
 
@@ -133,7 +182,8 @@ def save(out: Path, rnd: int, arrays: ArrayRecord, strategy: Any, nodes: dict[in
             tensors[f"codec/{cid}/{k}"] = np.ascontiguousarray(v)
     meta = {"format": FORMAT, "round": rnd, "global": list(arrays.keys()), "strategy": s_plain,
             "nodes": sorted(nodes), "codec": codec_keys, "grid": grid, "extra": extra or {},
-            "messages": sorted(messages or {})}
+            "messages": sorted(messages or {}), "scenario": scenario or {},
+            "scenario_digest": digest_scenario(scenario or {}), "tensors_digest": digest_tensors(tensors)}
     blob = st_save(tensors, metadata={"fedsim": json.dumps(meta)})
     path = out / FILE
     tmp = out / (FILE + ".tmp")
@@ -150,7 +200,64 @@ def save(out: Path, rnd: int, arrays: ArrayRecord, strategy: Any, nodes: dict[in
     return path
 
 
-def load(out: Path) -> Checkpoint:
+def _bad(path: Path, why: str) -> ConfigError:
+    return ConfigError("--resume", str(path), f"damaged or crafted checkpoint: {why}; refused")
+
+
+def _is(value: Any, kind: type | tuple[type, ...]) -> bool:
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+
+
+def validate_meta(path: Path, meta: Any, tensors: dict[str, np.ndarray], max_round: int | None) -> None:
+    """The metadata's schema: types, bounds, and every tensor it names present."""
+    if not isinstance(meta, dict):
+        raise _bad(path, "metadata is not a table")
+    expect = {"round": int, "global": list, "strategy": dict, "nodes": list, "codec": dict, "grid": dict,
+              "extra": dict, "messages": list, "scenario": dict, "scenario_digest": str, "tensors_digest": str}
+    for key, kind in expect.items():
+        if not _is(meta.get(key), kind):
+            raise _bad(path, f"metadata field {key!r} is missing or not a {kind.__name__}")
+    rnd = meta["round"]
+    if rnd < 0 or (max_round is not None and rnd > max_round):
+        raise _bad(path, f"round {rnd} is outside 0..{max_round}")
+    names = ([f"global/{k}" for k in meta["global"]] + [f"node/{n}" for n in meta["nodes"]]
+             + [f"msg/{m}" for m in meta["messages"]])
+    if not all(_is(k, str) for k in meta["global"] + meta["messages"]) or not all(_is(n, int) for n in meta["nodes"]):
+        raise _bad(path, "global, nodes or messages hold values of the wrong type")
+    for cid, keys in meta["codec"].items():
+        if not cid.isdigit():
+            raise _bad(path, f"codec state names client {cid!r}")
+        if not _is(keys, list) or not all(_is(k, str) for k in keys):
+            raise _bad(path, f"codec state of client {cid!r} is not a list of names")
+        names += [f"codec/{cid}/{k}" for k in keys]
+    for name, spec in meta["strategy"].items():
+        if not _is(spec, dict) or spec.get("kind") not in KINDS:
+            raise _bad(path, f"strategy state {name!r} has no known kind")
+        kind = spec["kind"]
+        if kind == "ndarray":
+            names.append(f"strategy/{name}")
+        elif kind in ("ArrayRecord", "dict"):
+            if not _is(spec.get("keys"), list):
+                raise _bad(path, f"strategy state {name!r} has no key list")
+            names += [f"strategy/{name}/{k}" for k in spec["keys"]]
+        elif kind == "list":
+            n = spec.get("n")
+            if not _is(n, int) or not 0 <= n <= len(tensors):
+                raise _bad(path, f"strategy state {name!r} has a bad length")
+            names += [f"strategy/{name}/{i}" for i in range(n)]
+        elif "value" not in spec:
+            raise _bad(path, f"strategy state {name!r} has no value")
+    missing = [n for n in names if n not in tensors]
+    if missing:
+        raise _bad(path, f"tensor {missing[0]!r} is named but absent")
+    if digest_scenario(meta["scenario"]) != meta["scenario_digest"]:
+        raise _bad(path, "its scenario does not match the digest it was written with")
+    if digest_tensors(tensors) != meta["tensors_digest"]:
+        raise _bad(path, "its tensor bytes do not match the digest they were written with")
+
+
+def load(out: Path, max_round: int | None = None) -> Checkpoint:
+    """A verified checkpoint (see the module docstring); ``max_round`` bounds its round."""
     from flwr.common.serde import recorddict_from_proto
     from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict  # type: ignore[attr-defined]
     from safetensors import safe_open
@@ -163,20 +270,26 @@ def load(out: Path) -> Checkpoint:
             meta = json.loads((fh.metadata() or {})["fedsim"])
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # noqa: BLE001 - a damaged file is the user's input
-        raise ConfigError("--resume", str(path), f"is not a readable fedsim checkpoint ({exc})") from None
-    if meta.get("format") != FORMAT:
-        raise ConfigError("--resume", str(path), f"has checkpoint format {meta.get('format')}; this fedsim reads {FORMAT}")
+        raise ConfigError("--resume", str(path), f"is not a readable fedsim checkpoint ({one_line(str(exc))})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise ConfigError("--resume", str(path), f"has checkpoint format {found}; this fedsim reads {FORMAT}")
+    validate_meta(path, meta, tensors, max_round)
     arrays = _record({k: tensors[f"global/{k}"] for k in meta["global"]})
     nodes = {}
-    for node in meta["nodes"]:
-        proto = ProtoRecordDict()
-        proto.ParseFromString(tensors[f"node/{node}"].tobytes())
-        nodes[int(node)] = recorddict_from_proto(proto)
+    try:
+        for node in meta["nodes"]:
+            proto = ProtoRecordDict()
+            proto.ParseFromString(tensors[f"node/{node}"].tobytes())
+            nodes[int(node)] = recorddict_from_proto(proto)
+    except Exception as exc:  # noqa: BLE001 - damaged node state is the user's input
+        raise _bad(path, f"node state unreadable ({one_line(str(exc))})") from None
     strategy = {"plain": meta["strategy"], "tensors": {k: v for k, v in tensors.items() if k.startswith("strategy/")}}
     codec_state = {int(cid): {k: tensors[f"codec/{cid}/{k}"] for k in ks} for cid, ks in meta["codec"].items()}
-    messages = {mid: tensors[f"msg/{mid}"].tobytes() for mid in meta.get("messages", [])}
-    return Checkpoint(round=int(meta["round"]), arrays=arrays, strategy=strategy, nodes=nodes,
-                      codec_state=codec_state, grid=meta["grid"], extra=meta["extra"], messages=messages)
+    messages = {mid: tensors[f"msg/{mid}"].tobytes() for mid in meta["messages"]}
+    return Checkpoint(round=meta["round"], arrays=arrays, strategy=strategy, nodes=nodes,
+                      codec_state=codec_state, grid=meta["grid"], extra=meta["extra"], messages=messages,
+                      scenario=meta["scenario"])
 
 
 def restore_strategy(strategy: Any, ck: Checkpoint) -> None:

@@ -280,7 +280,16 @@ def _clean(value: Any) -> Any:
 
 
 def check_probe_config(cfg: Any) -> None:
-    """A probe needs fedsim's ClientApp (its batches give the ground truth)."""
+    """A probe needs fedsim's ClientApp (its batches give the ground truth), and names only
+    clients and rounds the run has (a probe that can never fire is a mistake, said early)."""
     if cfg.probe.enabled and cfg.client.app != "fedsim":
         raise ConfigError("probe.attack.name", cfg.probe.attack.name,
                           'needs fedsim\'s ClientApp (client.app = "fedsim") to know the true inputs')
+    outside = [c for c in cfg.probe.client_ids if c >= cfg.data.num_clients]
+    if outside:
+        raise ConfigError("probe.client_ids", list(cfg.probe.client_ids),
+                          f"names client {outside[0]}; partition ids are 0..{cfg.data.num_clients - 1}")
+    late = [r for r in cfg.probe.rounds if r > cfg.run.rounds]
+    if late:
+        raise ConfigError("probe.rounds", list(cfg.probe.rounds),
+                          f"names round {late[0]}; the run has rounds 1..{cfg.run.rounds}")

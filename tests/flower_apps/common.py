@@ -11,6 +11,18 @@ ROUNDS = 3
 SHAPES = {"w": (2, 3), "b": (3,)}
 
 
+def wait_for_nodes(grid: Any, timeout: float = 120.0) -> None:
+    """Every node connected before the first round: Flower's run_simulation registers its
+    nodes while the ServerApp starts, and a strategy sampling earlier samples fewer nodes
+    than its fraction says (seen under load: 'Waiting for nodes to connect: 0 connected',
+    then 'Sampled 2 nodes (out of 5)'). fedsim's grid has every node from the start."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while len(list(grid.get_node_ids())) < NODES and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def initial() -> dict[str, np.ndarray]:
     return {k: np.zeros(s, dtype=np.float32) for k, s in SHAPES.items()}
 

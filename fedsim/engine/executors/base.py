@@ -126,20 +126,30 @@ def error_reply(message: Message, code: int, reason: str) -> Message:
     return Message(Error(code=code, reason=reason), reply_to=message)
 
 
-def execute(app: ClientApp, task: Task, run_id: int, run_config: Mapping[str, Any]) -> TaskResult:
-    """Call the ClientApp; a raise or a malformed return becomes a Flower error reply."""
+def execute(app: ClientApp, task: Task, run_id: int, run_config: Mapping[str, Any],
+            timeout_s: float = 0.0) -> TaskResult:
+    """Call the ClientApp; a raise, an exit or a malformed return becomes a Flower error
+    reply (see `fedsim.engine.executors.guard`; ``timeout_s`` > 0 stops the run past it)."""
+    from fedsim.engine.executors.guard import exit_guard, time_limit
+
     context = Context(run_id=run_id, node_id=task.node_id, node_config=dict(task.node_config),
                       state=task.state, run_config=dict(run_config))
     start = time.perf_counter()
     trace = ""
     try:
-        reply = app(task.message, context)
+        pid = task.node_config.get("partition-id", task.node_id)
+        with exit_guard(), time_limit(timeout_s, f"client {pid}"):
+            reply = app(task.message, context)
         if not isinstance(reply, Message):
             reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                                 f"ClientApp returned {type(reply).__name__}, not a Message")
         elif reply.metadata.reply_to_message_id != task.message.metadata.message_id:
             reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                                 "ClientApp returned a Message that does not reply to the one it received")
+    except SystemExit as exc:  # sys.exit() in a client ends that client, not the run
+        reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                            f"ClientExited: ClientApp called sys.exit({exc.code!r}); fedsim kept the run going "
+                            "without it")
     except Exception as exc:  # noqa: BLE001 - a client's failure must not stop the run
         tb = traceback.extract_tb(exc.__traceback__)
         where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
@@ -154,7 +164,7 @@ def make_executor(name: str, **kwargs: Any) -> Executor:
     if name == "serial":
         from fedsim.engine.executors.serial import SerialExecutor
 
-        return SerialExecutor(threads=kwargs.get("threads", 1))
+        return SerialExecutor(threads=kwargs.get("threads", 1), timeout_s=kwargs.get("timeout_s", 0.0))
     if name == "ray":
         from fedsim.engine.executors.ray import RayExecutor
 
@@ -162,5 +172,6 @@ def make_executor(name: str, **kwargs: Any) -> Executor:
     if name == "vectorized":
         from fedsim.engine.executors.vectorized import VectorizedExecutor
 
-        return VectorizedExecutor(threads=kwargs.get("threads", 1), chunk=kwargs.get("chunk", 1024))
+        return VectorizedExecutor(threads=kwargs.get("threads", 1), chunk=kwargs.get("chunk", 1024),
+                                  timeout_s=kwargs.get("timeout_s", 0.0))
     raise ConfigError("executor.name", name, "unknown executor; known: ray, serial, vectorized")

@@ -18,8 +18,9 @@ from fedsim.engine.executors.base import (
 
 
 class SerialExecutor:
-    def __init__(self, threads: int = 1) -> None:
+    def __init__(self, threads: int = 1, timeout_s: float = 0.0) -> None:
         self.threads = threads
+        self.timeout_s = timeout_s  # client.timeout_s: see fedsim.engine.executors.guard
         self._app: ClientApp | None = None
         self._run_id = 0
         self._run_config: dict[str, Any] = {}
@@ -35,7 +36,7 @@ class SerialExecutor:
         for task in tasks:
             task = Task(task.node_id, task.node_config, task.state,
                         with_content(task.message, copy_content(task.message.content, task.extra_config)))
-            out.append(execute(self._app, task, self._run_id, self._run_config))
+            out.append(execute(self._app, task, self._run_id, self._run_config, self.timeout_s))
         return out
 
     def call(self, fn: Any, payloads: Sequence[Any]) -> list[Any]:

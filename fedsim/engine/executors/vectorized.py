@@ -36,8 +36,8 @@ FEDSIM_APP = "fedsim.clients.app:app"
 
 
 class VectorizedExecutor(SerialExecutor):
-    def __init__(self, threads: int = 1, chunk: int = 1024) -> None:
-        super().__init__(threads=threads)
+    def __init__(self, threads: int = 1, chunk: int = 1024, timeout_s: float = 0.0) -> None:
+        super().__init__(threads=threads, timeout_s=timeout_s)
         self.chunk = chunk
         self._why_not: str | None = None  # a reason that holds for the whole run
         self._said: set[str] = set()
@@ -96,7 +96,7 @@ class VectorizedExecutor(SerialExecutor):
                 self.serial_calls += 1
             own = Task(task.node_id, task.node_config, task.state,
                        with_content(task.message, copy_content(task.message.content, task.extra_config)))
-            results[i] = execute(self._app, own, self._run_id, self._run_config)
+            results[i] = execute(self._app, own, self._run_id, self._run_config, self.timeout_s)
         self._globals = {}
         for start in range(0, len(batchable), self.chunk):
             group = batchable[start : start + self.chunk]

@@ -19,6 +19,7 @@ from tests.flower_apps.common import (
     plain,
     record,
     score,
+    wait_for_nodes,
 )
 
 RESULTS: dict[str, Any] = {}
@@ -45,5 +46,6 @@ def main(grid: Grid, context: Context) -> None:
     inner = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=NODES)
     strategy = DifferentialPrivacyClientSideFixedClipping(inner, noise_multiplier=0.0, clipping_norm=2.0,
                                                           num_sampled_clients=NODES)
+    wait_for_nodes(grid)
     strategy.start(grid=grid, initial_arrays=record(initial()),
                    num_rounds=int(context.run_config.get("num-server-rounds", ROUNDS)), evaluate_fn=central)

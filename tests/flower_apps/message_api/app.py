@@ -18,6 +18,7 @@ from tests.flower_apps.common import (
     plain,
     record,
     score,
+    wait_for_nodes,
 )
 
 RESULTS: dict[str, Any] = {}
@@ -50,6 +51,7 @@ def main(grid: Grid, context: Context) -> None:
         return MetricRecord({"loss": loss, "accuracy": acc})
 
     strategy = FedAvg(fraction_train=1.0, fraction_evaluate=1.0, min_available_nodes=NODES)
+    wait_for_nodes(grid)
     result = strategy.start(grid=grid, initial_arrays=record(initial()),
                             num_rounds=int(context.run_config.get("num-server-rounds", ROUNDS)), evaluate_fn=central)
     RESULTS["central"] = {r: dict(m) for r, m in result.evaluate_metrics_serverapp.items()}

@@ -16,7 +16,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from tests.flower_apps.common import NODES, ROUNDS, initial, plain, record, score
+from tests.flower_apps.common import NODES, ROUNDS, initial, plain, record, score, wait_for_nodes
 
 RESULTS: dict[str, Any] = {}
 client_app = ClientApp()
@@ -43,6 +43,7 @@ def main(grid: Grid, context: Context) -> None:
         return MetricRecord({"loss": loss, "accuracy": acc})
 
     strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=NODES)
+    wait_for_nodes(grid)
     result = strategy.start(grid=grid, initial_arrays=record(initial()),
                             num_rounds=int(context.run_config.get("num-server-rounds", ROUNDS)), evaluate_fn=central)
     RESULTS["calls"] = {r: float(m["calls"]) for r, m in result.train_metrics_clientapp.items()}
