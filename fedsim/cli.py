@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from fedsim.config import list_presets, resolve_scenario
@@ -89,8 +91,24 @@ def write_report(dirs: list[str], target: float | None, out: str | None) -> tupl
     return html_path, compare.write_csv(rows, html_path.with_name("summary.csv"))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so a run stops as it does on Ctrl-C: executors
+    shut down (no Ray process left), what was written stays."""
+
+
+_TERMINATED: list[bool] = []
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    _TERMINATED.append(True)  # remembered: libraries may re-raise a plain KeyboardInterrupt
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s fedsim: %(message)s"))
     fedsim_log = logging.getLogger("fedsim")
@@ -192,8 +210,16 @@ def main(argv: list[str] | None = None) -> int:
             print("your code's traceback (most recent call last):\n" + frames.rstrip(), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if _TERMINATED:
+            print("fedsim: terminated (SIGTERM); results written so far are kept", file=sys.stderr)
+            return 143
         print("fedsim: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as exc:
+        if exc.code == signal.SIGTERM:  # Ray's own SIGTERM handler, while ray.init was starting Ray
+            print("fedsim: terminated (SIGTERM) while Ray was starting", file=sys.stderr)
+            return 143
+        raise
     return 1
 
 

@@ -82,3 +82,50 @@ def test_client_timeout_stops_an_in_process_run_cleanly(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["stopped"] == result.stopped  # everything written so far is kept
     assert (tmp_path / "run" / "model.safetensors").is_file() and (tmp_path / "run" / "metrics.jsonl").is_file()
+
+
+def _group_processes(pgid: int) -> list[str]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[2]) == pgid and stat.rsplit(")", 1)[1].split()[0] != "Z":
+                out.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:80])
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor, delay", [("serial", 4.0), ("ray", 3.0), ("ray", 7.0)])
+def test_sigterm_stops_a_run_at_any_point_and_leaves_no_ray_process(tmp_path: Path, executor: str,
+                                                                    delay: float) -> None:
+    """SIGTERM while Ray starts, or during rounds: exit 143 with one last line, Ray's
+    processes gone (Ray's own graceful shutdown takes 1-3 s of that)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "fedsim.cli", "run", "quickstart", "--set", f"executor.name={executor}",
+                             "--set", "run.rounds=200", "--set", "report.progress=false", "--out", str(tmp_path / "r")],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        time.sleep(delay)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - sent
+        assert proc.returncode == 143, err[-2000:]
+        assert err.strip().splitlines()[-1].startswith("fedsim: terminated (SIGTERM)"), err[-2000:]
+        assert "Traceback" not in err
+        assert took < (2 if executor == "serial" else 15), took
+        time.sleep(1.0)
+        assert _group_processes(proc.pid) == [], _group_processes(proc.pid)
+    finally:
+        if _group_processes(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -197,7 +197,10 @@ def coerce(path: str, value: Any, tp: Any) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(path, value, "must be a number")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ConfigError(path, value, "is too large for a number (at most about 1.8e308)") from None
         if math.isnan(value):
             raise ConfigError(path, value, "must be a number, not NaN")
         return value

@@ -10,13 +10,16 @@ replaced and its clients retried (``ray.max_retries``); a client that runs past
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import ray
@@ -36,6 +39,53 @@ from fedsim.engine.executors.base import (
 
 _IN_FLIGHT_PER_ACTOR = 2
 _READY_TIMEOUT_S = 120.0  # default of ray.start_timeout_s
+
+
+def _ray_processes() -> set[int]:
+    """Ray's processes in this process group (Linux /proc; empty elsewhere)."""
+    found: set[int] = set()
+    group = os.getpgrp()
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                with open(f"/proc/{entry}/stat") as fh:
+                    pgrp = int(fh.read().rsplit(")", 1)[1].split()[2])
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    cmd = fh.read()
+                if pgrp == group and (cmd.startswith(b"ray::") or b"/ray/" in cmd):
+                    found.add(int(entry))
+    return found
+
+
+def _reap(before: set[int]) -> None:
+    """Kill what a half-started local Ray left behind (Ray's agents outlive a raylet killed
+    during start-up): Ray processes of this process group that were not there before."""
+    for pid in _ray_processes() - before:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def _keep_python_signal_handlers() -> Iterator[None]:
+    """``ray.init`` installs its own SIGTERM handlers (a stack dump and ``sys.exit(15)``);
+    the driver's Python handlers (fedsim's CLI turns SIGTERM into a clean stop) are put
+    back once it returns, and an init interrupted half-way shuts down what it started."""
+    main = threading.current_thread() is threading.main_thread()
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    before = _ray_processes()
+    try:
+        yield
+    except BaseException:  # interrupted or failed half-way: stop what it had started (no process left)
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        _reap(before)
+        raise
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 def limit_address_space(memory_mb: int) -> None:
@@ -154,7 +204,8 @@ class RayExecutor:
                                           log_to_driver=True, configure_logging=True)
             if self.address:
                 try:
-                    ray.init(address=self.address, **kwargs)
+                    with _keep_python_signal_handlers():
+                        ray.init(address=self.address, **kwargs)
                 except Exception as exc:  # noqa: BLE001 - no cluster there: one line, not Ray's traceback
                     first = (str(exc).strip().splitlines() or [""])[0][:300]
                     raise ConfigError("ray.address", self.address,
@@ -168,7 +219,8 @@ class RayExecutor:
                 try:
                     if self.host:
                         kwargs["_node_ip_address"] = self.host
-                    ray.init(address="local", num_cpus=cpus, **kwargs)
+                    with _keep_python_signal_handlers():
+                        ray.init(address="local", num_cpus=cpus, **kwargs)
                 finally:
                     if old is None:
                         os.environ.pop("PYTHONPATH", None)
