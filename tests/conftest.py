@@ -42,6 +42,9 @@ def ray_session():
 
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *([old] if old else [])])
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    from fedsim.engine.executors.ray import _loopback_only
+
+    with _loopback_only(True):  # as fedsim starts its own: every Ray process on 127.0.0.1
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()

@@ -3,6 +3,7 @@ absurd replies, folders that cannot be written."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +130,57 @@ def test_sigterm_stops_a_run_at_any_point_and_leaves_no_ray_process(tmp_path: Pa
     finally:
         if _group_processes(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+LOOPBACK_IPS = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+def _listeners(pgid: int) -> dict[str, set[str]]:
+    """Listening TCP addresses of every process in the group, by process name."""
+    import psutil
+
+    out: dict[str, set[str]] = {}
+    for proc in psutil.process_iter(["pid", "name"]):
+        try:
+            if os.getpgid(proc.pid) != pgid:
+                continue
+            for conn in proc.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN:
+                    out.setdefault(proc.info["name"], set()).add(conn.laddr.ip)
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+    return out
+
+
+@pytest.mark.slow
+def test_a_local_ray_run_listens_on_loopback_only(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "fedsim.cli", "run", "quickstart", "--set", "executor.name=ray",
+                             "--set", "run.rounds=300", "--set", "report.progress=false", "--out", str(tmp_path / "r")],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen: dict[str, set[str]] = {}
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            for name, ips in _listeners(proc.pid).items():
+                seen.setdefault(name, set()).update(ips)
+            if (tmp_path / "r" / "metrics.jsonl").is_file() and \
+                    len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) >= 3:
+                break  # rounds are running: every actor is up
+            time.sleep(0.5)
+        for name, ips in _listeners(proc.pid).items():
+            seen.setdefault(name, set()).update(ips)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        if _group_processes(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert {"gcs_server", "raylet"} <= set(seen), seen  # the listing saw Ray's servers
+    assert sum(len(v) for v in seen.values()) >= 4, seen
+    beyond = {name: ips - LOOPBACK_IPS for name, ips in seen.items() if ips - LOOPBACK_IPS}
+    assert not beyond, f"listening beyond loopback: {beyond}"

@@ -41,6 +41,40 @@ _IN_FLIGHT_PER_ACTOR = 2
 _READY_TIMEOUT_S = 120.0  # default of ray.start_timeout_s
 
 
+#: ``ray.host`` values that keep a local Ray on this machine only.
+LOOPBACK = ("", "127.0.0.1", "localhost")
+_LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def _loopback_only(enabled: bool) -> Iterator[None]:
+    """A local Ray whose every process listens on 127.0.0.1 only.
+
+    Ray has no authentication, and on Linux a local Ray advertises the host's address and
+    its gRPC servers listen on every interface. Ray's single-machine mode (the one it uses
+    on macOS and Windows, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``) uses the loopback address
+    for the node, and every server binds to it: GCS, raylet, object manager, workers,
+    agents (``tests/test_ray.py`` lists the sockets). The variable is read by the processes
+    Ray starts (they inherit it) and, in this process, through Ray's constant, which is
+    set for the start and put back after."""
+    if not enabled:
+        yield
+        return
+    from ray._private import ray_constants
+
+    previous_env, previous = os.environ.get(_LOCAL_ONLY_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_LOCAL_ONLY_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = previous
+        if previous_env is None:
+            os.environ.pop(_LOCAL_ONLY_ENV, None)
+        else:
+            os.environ[_LOCAL_ONLY_ENV] = previous_env
+
+
 def _ray_processes() -> set[int]:
     """Ray's processes in this process group (Linux /proc; empty elsewhere)."""
     found: set[int] = set()
@@ -219,7 +253,7 @@ class RayExecutor:
                 try:
                     if self.host:
                         kwargs["_node_ip_address"] = self.host
-                    with _keep_python_signal_handlers():
+                    with _keep_python_signal_handlers(), _loopback_only(self.host in LOOPBACK):
                         ray.init(address="local", num_cpus=cpus, **kwargs)
                 finally:
                     if old is None:

@@ -33,7 +33,8 @@ class RayTierSection:
 @dataclasses.dataclass(frozen=True)
 class RaySection:
     address: str = option("", doc='"" starts a local Ray; "auto" or "ray://host:port" attaches to a cluster')
-    host: str = option("", doc="the address a local Ray advertises to other nodes (\"\" = Ray's choice)")
+    host: str = option("", doc="\"\" (default): a local Ray listens on 127.0.0.1 only; an address: Ray advertises "
+                                "it and listens beyond loopback (Ray has no authentication)")
     start_timeout_s: float = option(120.0, gt=0.0, le=86_400.0, doc="wall seconds to wait for the actors to start")
     num_actors: int = option(0, ge=0, le=100_000, doc="0 = number of CPU cores")
     cpus_per_actor: float = option(1.0, gt=0.0, le=1024)
