@@ -63,7 +63,8 @@ class RunWriter:
         from fedsim.core.errors import ConfigError
 
         self.out = Path(out_dir)
-        if (self.out / METRICS).exists():
+        metrics = self.out / METRICS
+        if metrics.exists() and metrics.stat().st_size > 0:  # (a run that failed before round 0 left none)
             raise ConfigError("--out", str(self.out), "already holds a run's results; choose a new folder")
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError("--out", str(self.out), "is a file, not a folder")

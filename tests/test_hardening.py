@@ -184,3 +184,15 @@ def test_a_local_ray_run_listens_on_loopback_only(tmp_path: Path) -> None:
     assert sum(len(v) for v in seen.values()) >= 4, seen
     beyond = {name: ips - LOOPBACK_IPS for name, ips in seen.items() if ips - LOOPBACK_IPS}
     assert not beyond, f"listening beyond loopback: {beyond}"
+
+
+@pytest.mark.parametrize("address, why", [("127.0.0.1:1", "Connection refused"), ("ray://127.0.0.1:1", "Connection refused"),
+                                          ("no-such-host.invalid:6379", "")])
+def test_an_unreachable_ray_address_is_one_line_at_once(address: str, why: str) -> None:
+    import time
+
+    cfg = from_dict(tiny_raw(executor={"name": "ray"}, ray={"address": address}, run={"rounds": 1}))
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=f"ray.address = '{address}': nothing answers there \\({why}") as info:
+        fedsim.run(cfg, write=False)
+    assert "\n" not in str(info.value) and time.monotonic() - start < 15
