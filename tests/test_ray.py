@@ -188,3 +188,10 @@ def test_tiers_asking_for_more_than_the_cluster_has_are_refused() -> None:
     tiers = [{"name": "gpu", "clients": [0, 6], "num_actors": 1, "cpus": 0.5, "gpus": 1.0}]
     with pytest.raises(ConfigError, match=r"ray.tiers.gpus = 1.0: the actors ask for 1 GPUs in all; the cluster has 0"):
         fedsim.run(tiny_config(executor={"name": "ray"}, ray={"tiers": tiers}), write=False)
+
+
+def test_actors_that_do_not_start_in_time_are_one_line_naming_the_setting() -> None:
+    cfg = tiny_config(executor={"name": "ray"}, ray={"num_actors": 2, "start_timeout_s": 0.001}, run={"rounds": 1})
+    with pytest.raises(ConfigError, match=r"^ray.start_timeout_s = 0.001: the Ray actors did not start \(") as info:
+        fedsim.run(cfg, write=False)
+    assert "\n" not in str(info.value) and "raise ray.start_timeout_s" in str(info.value)

@@ -127,9 +127,13 @@ def error_reply(message: Message, code: int, reason: str) -> Message:
 
 
 def execute(app: ClientApp, task: Task, run_id: int, run_config: Mapping[str, Any],
-            timeout_s: float = 0.0) -> TaskResult:
-    """Call the ClientApp; a raise, an exit or a malformed return becomes a Flower error
-    reply (see `fedsim.engine.executors.guard`; ``timeout_s`` > 0 stops the run past it)."""
+            timeout_s: float = 0.0, in_process: bool = False) -> TaskResult:
+    """Call the ClientApp; a raise or a malformed return becomes a Flower error reply.
+    ``in_process`` (serial, vectorized): an exit is a failed client too, and ``timeout_s``
+    > 0 stops the run past it (see `fedsim.engine.executors.guard`). In a Ray actor an exit
+    ends the actor, which the Ray executor replaces and retries."""
+    import contextlib
+
     from fedsim.engine.executors.guard import exit_guard, time_limit
 
     context = Context(run_id=run_id, node_id=task.node_id, node_config=dict(task.node_config),
@@ -138,7 +142,8 @@ def execute(app: ClientApp, task: Task, run_id: int, run_config: Mapping[str, An
     trace = ""
     try:
         pid = task.node_config.get("partition-id", task.node_id)
-        with exit_guard(), time_limit(timeout_s, f"client {pid}"):
+        guard = exit_guard() if in_process else contextlib.nullcontext()
+        with guard, time_limit(timeout_s if in_process else 0.0, f"client {pid}"):
             reply = app(task.message, context)
         if not isinstance(reply, Message):
             reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION,

@@ -2,7 +2,8 @@
 
 - A client that calls ``sys.exit`` or ``os._exit`` while it runs is a failed client (an
   error reply naming the call), not the end of the run: ``os._exit`` is replaced for the
-  duration of the call. (Inside a Ray actor the same guard keeps the actor alive.)
+  duration of the call. (In a Ray actor there is no guard: the exit ends the actor, which
+  the Ray executor replaces, retrying the client once, ``ray.max_retries``.)
 - ``client.timeout_s`` (> 0): a client still running after that many wall seconds is
   interrupted with `ClientTimeout` and the run stops cleanly, with what it wrote so far.
   In-process code cannot be killed safely, so the run does not go on after it: the

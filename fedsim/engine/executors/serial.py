@@ -36,7 +36,7 @@ class SerialExecutor:
         for task in tasks:
             task = Task(task.node_id, task.node_config, task.state,
                         with_content(task.message, copy_content(task.message.content, task.extra_config)))
-            out.append(execute(self._app, task, self._run_id, self._run_config, self.timeout_s))
+            out.append(execute(self._app, task, self._run_id, self._run_config, self.timeout_s, in_process=True))
         return out
 
     def call(self, fn: Any, payloads: Sequence[Any]) -> list[Any]:

@@ -96,7 +96,7 @@ class VectorizedExecutor(SerialExecutor):
                 self.serial_calls += 1
             own = Task(task.node_id, task.node_config, task.state,
                        with_content(task.message, copy_content(task.message.content, task.extra_config)))
-            results[i] = execute(self._app, own, self._run_id, self._run_config, self.timeout_s)
+            results[i] = execute(self._app, own, self._run_id, self._run_config, self.timeout_s, in_process=True)
         self._globals = {}
         for start in range(0, len(batchable), self.chunk):
             group = batchable[start : start + self.chunk]
