@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from fedsim.clients import lora, trainer
+from fedsim.clients import algorithms, lora, trainer
 from fedsim.clients.codecs import MARKER, CodecContext, Pipeline, build_pipeline
 from fedsim.clients.codecs.transport import encode_update, load_state, save_state
 from fedsim.clients.device import resolve as resolve_device
-from fedsim.clients.models import build_model
+from fedsim.clients.models import build_model, init_model
+from fedsim.clients.state import save_arrays
 from fedsim.clients.settings import ClientSection
 from fedsim.clients.spec import ClientSpec, from_run_config
 from fedsim.scenarios.federation import FederatedData, federated_data
@@ -148,30 +149,72 @@ def _state(rt: Runtime) -> dict[str, torch.Tensor]:
 
 
 def _train_weights(msg: Message, context: Context) -> Message:
-    """Local training; the reply carries the new weights (adapters in LoRA mode)."""
+    """Local training; the reply carries the new weights (adapters in LoRA mode), and what a
+    stateful algorithm adds (`fedsim.clients.algorithms`)."""
     rt = runtime(context)
     cid = int(context.node_config[keys.PARTITION_ID])
     akey, arrays, _, config = records(msg)
     rnd = round_of(msg, config)
     seed = rt.spec.seed
-    _load(rt, arrays)
+    algo = algorithms.algorithm_of(config)
+    if algo and rt.lora:
+        raise ValueError(f"{algo} needs the whole model; it does not combine with LoRA-only updates")
+    prefixes = algorithms.personal_prefixes(config) if algo == "fedper" else ()
+    if prefixes:
+        personal = algorithms.personal_layers(context.state, _initial_state(rt), prefixes)
+        rt.model.load_state_dict(algorithms.complete(arrays, personal), strict=True)
+    else:
+        _load(rt, arrays)
     x, y = rt.data.client_train(cid)
     x, y = x.to(rt.device), y.to(rt.device)
     if config.get(keys.LABEL_FLIP):  # a Byzantine label-flipping client (fedsim.scenarios.byzantine)
         y = rt.data.num_classes - 1 - y
     torch.manual_seed(seeding.int_seed(seed, rnd, cid, "torch"))  # dropout & co. in user models
     np.random.seed(seeding.int_seed(seed, rnd, cid, "numpy") % 2**32)  # e.g. Flower's LocalDpMod noise
+    settings = train_settings(rt.spec.client, config)
+    scaffold = algorithms.Scaffold.start(msg.content, context.state, rt.model) if algo == "scaffold" else None
+    received = {k: a.numpy() for k, a in arrays.items()} if scaffold is not None else {}
     start = time.perf_counter()
-    outcome = trainer.train(rt.model, x, y, train_settings(rt.spec.client, config),
-                            seeding.torch_generator(seed, rnd, cid, "batches"))
-    metrics = MetricRecord({
+    outcome = trainer.train(rt.model, x, y, settings, seeding.torch_generator(seed, rnd, cid, "batches"),
+                            correction=scaffold.correction() if scaffold is not None else None)
+    content = RecordDict()
+    state = _state(rt)
+    if prefixes:
+        state, personal = algorithms.split_personal(state, prefixes)
+        save_arrays(context.state, "fedper", personal)
+    content[akey] = ArrayRecord(state)
+    if scaffold is not None:
+        content[keys.SCAFFOLD_DC] = scaffold.finish(context.state, received, dict(rt.model.named_parameters()),
+                                                    outcome.steps, settings.lr)
+    if algo == "ditto":
+        _train_ditto(rt, context, arrays, x, y, config, seed, rnd, cid)
+    content[keys.METRICS] = MetricRecord({
         keys.NUM_EXAMPLES: len(x),
         keys.TRAIN_LOSS: outcome.loss,
         keys.STEPS: outcome.steps,
         keys.EXAMPLES_SEEN: outcome.examples_seen,
         keys.TRAIN_SECONDS: time.perf_counter() - start,
     })
-    return Message(RecordDict({akey: ArrayRecord(_state(rt)), keys.METRICS: metrics}), reply_to=msg)
+    return Message(content, reply_to=msg)
+
+
+def _train_ditto(rt: Runtime, context: Context, arrays: ArrayRecord, x: torch.Tensor, y: torch.Tensor,
+                 config: Mapping[str, Any], seed: int, rnd: int, cid: int) -> None:
+    """Ditto's second half: the personal model, pulled toward the global model received."""
+    received = {k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in arrays.items()}
+    rt.model.load_state_dict(algorithms.ditto_personal(context.state, received), strict=True)
+    lam = float(config.get(keys.DITTO_LAMBDA, 0.0))
+    settings = dataclasses.replace(train_settings(rt.spec.client, config), proximal_mu=lam)
+    anchor = [received[n] for n in algorithms.trainable_names(rt.model)]
+    trainer.train(rt.model, x, y, settings, seeding.torch_generator(seed, rnd, cid, "ditto"), anchor=anchor)
+    save_arrays(context.state, "ditto", _state(rt))
+
+
+def _initial_state(rt: Runtime) -> dict[str, torch.Tensor]:
+    """The seeded initial model's state (personal layers start from it)."""
+    spec = rt.spec
+    model = init_model(spec.model.name, spec.model.params, rt.data.input_shape, rt.data.num_classes, spec.seed)
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 def train(msg: Message, context: Context) -> Message:
@@ -194,14 +237,26 @@ def train(msg: Message, context: Context) -> Message:
     save_state(context.state, state)
     metrics = metrics_of(reply.content)[0][1]
     metrics[keys.ENCODE_SECONDS] = seconds
-    return Message(RecordDict({new_key: record, keys.METRICS: metrics, MARKER: marker}), reply_to=msg)
+    content = RecordDict({new_key: record, keys.METRICS: metrics, MARKER: marker})
+    for key, extra in arrays_of(reply.content)[1:]:  # e.g. SCAFFOLD's control variates: sent as they are
+        content[key] = extra
+    return Message(content, reply_to=msg)
 
 
 def evaluate(msg: Message, context: Context) -> Message:
     rt = runtime(context)
     cid = int(context.node_config[keys.PARTITION_ID])
-    _, arrays, _, _ = records(msg)
-    _load(rt, arrays)
+    _, arrays, _, config = records(msg)
+    algo = algorithms.algorithm_of(config)
+    prefixes = algorithms.personal_prefixes(config) if algo == "fedper" else ()
+    if prefixes:  # the client's personal model: its own layers on the shared body
+        personal = algorithms.personal_layers(context.state, _initial_state(rt), prefixes)
+        rt.model.load_state_dict(algorithms.complete(arrays, personal), strict=True)
+    elif algo == "ditto":
+        received = {k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in arrays.items()}
+        rt.model.load_state_dict(algorithms.ditto_personal(context.state, received), strict=True)
+    else:
+        _load(rt, arrays)
     x, y = rt.data.client_test(cid)
     loss, acc = trainer.evaluate(rt.model, x.to(rt.device), y.to(rt.device))
     metrics = MetricRecord({

@@ -59,16 +59,27 @@ def quantize_gradient(g: torch.Tensor, bits: int, generator: torch.Generator) ->
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings,
-          generator: torch.Generator) -> TrainOutcome:
-    """Mini-batch SGD; batches (and gradient quantization noise) are drawn with ``generator``."""
+          generator: torch.Generator, correction: list[torch.Tensor] | None = None,
+          anchor: list[torch.Tensor] | None = None) -> TrainOutcome:
+    """Mini-batch SGD; batches (and gradient quantization noise) are drawn with ``generator``.
+
+    ``correction`` (one tensor per trainable parameter) is added to every gradient before the
+    step (SCAFFOLD's ``c - c_i``). The proximal term (``settings.proximal_mu`` > 0) pulls
+    towards ``anchor`` (one tensor per trainable parameter; Ditto's global model), by default
+    towards the weights training started from (FedProx)."""
     n = len(x)
     total = settings.total_steps(n)
     if total == 0:
         return TrainOutcome(loss=float("nan"), steps=0, examples_seen=0)
     opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
                           weight_decay=settings.weight_decay)
-    global_params = ([p.detach().clone() for p in model.parameters() if p.requires_grad]
-                     if settings.proximal_mu > 0 else [])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if anchor is not None and settings.proximal_mu > 0:
+        global_params = [a.to(p.device, p.dtype) for a, p in zip(anchor, trainable, strict=True)]
+    else:
+        global_params = [p.detach().clone() for p in trainable] if settings.proximal_mu > 0 else []
+    if correction is not None:
+        correction = [c.to(p.device, p.dtype) for c, p in zip(correction, trainable, strict=True)]
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
     seen = 0
@@ -95,6 +106,11 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSet
                 for p in model.parameters():
                     if p.grad is not None:
                         p.grad.copy_(quantize_gradient(p.grad, settings.grad_bits, generator))
+        if correction is not None:
+            with torch.no_grad():
+                for p, c in zip(trainable, correction, strict=True):
+                    if p.grad is not None:
+                        p.grad.add_(c)
         opt.step()
         loss_sum += ce.detach().double() * len(idx)
         seen += len(idx)

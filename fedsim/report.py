@@ -152,6 +152,8 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "best_central_acc": max((a for _, a in central), default=None),
         "best_central_acc_round": max(central, key=lambda t: t[1])[0] if central else None,
         "final_fed_acc": fed[-1][1] if fed else None,
+        **{f"final_{key}": next((r[key] for r in reversed(records) if r.get(key) is not None), None)
+           for key in ("client_acc_mean", "client_acc_p10", "client_acc_worst")},
         "final_train_loss": next((r["train_loss"] for r in reversed(records) if r.get("train_loss") is not None), None),
         "bytes_down": sum(r["bytes_down"] for r in records),
         "bytes_up": sum(r["bytes_up"] for r in records),
@@ -181,7 +183,9 @@ def plot_curves(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
         return [p[0] for p in pts], [p[1] for p in pts]
 
     for name, keys_labels, ylabel in (
-        ("accuracy.png", (("central_acc", "centralized (server test set)"), ("fed_acc", "federated (clients' test splits)")), "accuracy"),
+        ("accuracy.png", (("central_acc", "centralized (server test set)"), ("fed_acc", "federated (clients' test splits)"),
+                          ("client_acc_p10", "10th-percentile client"), ("client_acc_worst", "worst client")),
+         "accuracy"),
         ("loss.png", (("central_loss", "centralized"), ("fed_loss", "federated"), ("train_loss", "train (clients)")), "loss"),
     ):
         fig, ax = plt.subplots(figsize=(6, 4))

@@ -53,7 +53,8 @@ def _load_ours() -> None:
         importlib.import_module(module)
 
 
-OURS = ("fedsim.strategies.fednova", "fedsim.strategies.fedbuff")
+OURS = ("fedsim.strategies.fednova", "fedsim.strategies.fedbuff", "fedsim.strategies.scaffold",
+        "fedsim.strategies.personalized")
 
 Rule = tuple[Callable[[Any], bool], str]
 
@@ -134,9 +135,11 @@ def _hints(factory: Any) -> dict[str, Any]:
 
 
 def _configurable(tp: Any) -> bool:
-    """Whether an annotation is a TOML-expressible scalar type (possibly Optional)."""
+    """Whether an annotation is TOML-expressible: a scalar (possibly Optional), or a tuple of them."""
     if tp in _SCALARS:
         return True
+    if typing.get_origin(tp) is tuple:  # e.g. tuple[str, ...]: a TOML array of scalars
+        return all(a in _SCALARS or a is Ellipsis for a in typing.get_args(tp))
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return all(a in _SCALARS or a is type(None) for a in typing.get_args(tp))
     return False

@@ -97,10 +97,13 @@ def decode_reply(pipeline: Pipeline, reply: Message, sent: Message, ctx: CodecCo
     ref = reference if reference is not None else reference_arrays(sent)
     ctx.reference = ref
     out = RecordDict()
+    first = next((k for k, r in content.items() if isinstance(r, ArrayRecord)), None)
     for key, rec in content.items():
         if key == MARKER:
             continue
-        if isinstance(rec, ArrayRecord):
+        if isinstance(rec, ArrayRecord) and key != first:
+            out[key] = rec  # beside the encoded update, sent as they are (e.g. SCAFFOLD's control variates)
+        elif isinstance(rec, ArrayRecord):
             if list(rec) != [PAYLOAD]:
                 raise ValueError(f"expected one {PAYLOAD!r} array, got {list(rec)[:3]}")
             delta = pipeline.decode(unframe(rec[PAYLOAD].numpy()), ctx)

@@ -12,6 +12,11 @@ ENCODE_SECONDS = "encode-seconds"  # wall seconds spent encoding the update
 EVAL_LOSS = "eval_loss"
 EVAL_ACC = "eval_acc"
 PROXIMAL_MU = "proximal-mu"
+ALGORITHM = "fedsim-algorithm"  # a stateful client algorithm: "scaffold", "fedper", "ditto"
+PERSONAL_LAYERS = "personal-layers"  # FedPer: comma-separated parameter-name prefixes kept on clients
+DITTO_LAMBDA = "ditto-lambda"  # Ditto: the personal model's proximal weight
+SCAFFOLD_C = "scaffold-c"  # SCAFFOLD: the server control variate (ArrayRecord in train messages)
+SCAFFOLD_DC = "scaffold-dc"  # SCAFFOLD: a client's control-variate change (ArrayRecord in replies)
 LABEL_FLIP = "fedsim-label-flip"  # a Byzantine label-flipping client (scenarios.byzantine)
 
 # Train-config overrides a ClientApp accepts from the strategy's ConfigRecord.

@@ -8,9 +8,12 @@ aggregation error, round 0's ``bytes_shared``) go in ``extra`` and are merged fl
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from fedsim.core import keys
 from fedsim.core.records import metrics_of
@@ -29,6 +32,26 @@ TRAFFIC_COUNTS = ("retransmissions", "packets_lost", "packets_lost_for_good", "b
 SYSTEM_COUNTS = PARTICIPATION_COUNTS + TRAFFIC_COUNTS
 
 
+def client_spread(replies: list[Any]) -> dict[str, float | None]:
+    """Mean, 10th percentile and worst of the clients' own accuracies (clients with a test
+    split only; each client counts once, whatever its size)."""
+    accs = []
+    for reply in replies:
+        if reply.has_error():
+            continue
+        for _, rec in metrics_of(reply.content):
+            acc = next((rec[n] for n in keys.EVAL_ACC_ALIASES if n in rec), None)
+            n = rec.get(keys.NUM_EXAMPLES, 1)
+            if isinstance(acc, (int, float)) and not isinstance(acc, bool) and math.isfinite(acc) and n:
+                accs.append(float(acc))
+            break
+    if not accs:
+        return {"client_acc_mean": None, "client_acc_p10": None, "client_acc_worst": None}
+    values = np.asarray(accs, dtype=np.float64)
+    return {"client_acc_mean": float(values.mean()), "client_acc_p10": float(np.percentile(values, 10)),
+            "client_acc_worst": float(values.min())}
+
+
 @dataclasses.dataclass
 class RoundRecord:
     """One round: accuracy and losses, participation, bytes, failures, virtual and wall time."""
@@ -38,6 +61,11 @@ class RoundRecord:
     central_acc: float | None
     fed_loss: float | None  # federated evaluation, weighted by num-examples
     fed_acc: float | None
+    # Per-client view of federated evaluation (each client's accuracy on its own test split,
+    # unweighted; personalized strategies evaluate the client's personal model):
+    client_acc_mean: float | None
+    client_acc_p10: float | None  # 10th percentile (numpy's linear interpolation)
+    client_acc_worst: float | None
     train_loss: float | None
     clients_sampled: int
     clients_replied: int
@@ -161,6 +189,7 @@ class Recorder:
             central_acc=central[1] if central else None,
             fed_loss=weighted_metric(eval_replies, keys.EVAL_LOSS_ALIASES),
             fed_acc=weighted_metric(eval_replies, keys.EVAL_ACC_ALIASES),
+            **client_spread(eval_replies),
             train_loss=weighted_metric(train_replies, keys.LOSS_ALIASES),
             clients_sampled=sum(e.sampled for e in train),
             clients_replied=sum(e.replied for e in train),
