@@ -97,6 +97,9 @@ def prepare(cfg: Config, *, with_strategy: bool = True) -> RunSetup:
         server_model = build_model(cfg.model.name, cfg.model.params, data.input_shape, data.num_classes)
     check_model(server_model, data, cfg.model.name)
     strategy = build_strategy(cfg.strategy.name, cfg.strategy.params) if with_strategy else None
+    check = getattr(strategy, "fedsim_check_model", None)
+    if callable(check):  # e.g. FedPer's personal layers must name some of the model's arrays
+        check(initial)
     return RunSetup(cfg=cfg, spec=spec, data=data, initial=initial, server_model=server_model, adapters=adapters,
                     strategy=strategy)
 

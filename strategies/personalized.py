@@ -27,6 +27,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim.core import keys
+from fedsim.core.errors import ConfigError
 
 
 @register_strategy("fedper")
@@ -43,14 +44,18 @@ class FedPer(FedAvg):
         self.personal_layers = prefixes
         self._full: ArrayRecord | None = None
 
-    def _shared(self, arrays: ArrayRecord) -> ArrayRecord:
-        self._full = arrays
-        shared = ArrayRecord({k: a for k, a in arrays.items() if not is_personal(k, self.personal_layers)})
-        if len(shared) == len(arrays) or len(shared) == 0:
+    def fedsim_check_model(self, arrays: ArrayRecord) -> None:
+        """Before anything runs: the prefixes name some, not all, of the model's arrays."""
+        personal = [k for k in arrays.keys() if is_personal(k, self.personal_layers)]
+        if not personal or len(personal) == len(arrays):
             names = ", ".join(list(arrays.keys())[:8])
-            raise ValueError(f"personal_layers {list(self.personal_layers)} must name some but not all of the "
-                             f"model's arrays ({names})")
-        return shared
+            raise ConfigError("strategy.personal_layers", list(self.personal_layers),
+                              f"must name some but not all of the model's arrays (by prefix: {names})")
+
+    def _shared(self, arrays: ArrayRecord) -> ArrayRecord:
+        self.fedsim_check_model(arrays)
+        self._full = arrays
+        return ArrayRecord({k: a for k, a in arrays.items() if not is_personal(k, self.personal_layers)})
 
     def _config(self, config: ConfigRecord) -> ConfigRecord:
         return ConfigRecord({**dict(config), keys.ALGORITHM: "fedper",

@@ -195,3 +195,19 @@ def test_actors_that_do_not_start_in_time_are_one_line_naming_the_setting() -> N
     with pytest.raises(ConfigError, match=r"^ray.start_timeout_s = 0.001: the Ray actors did not start \(") as info:
         fedsim.run(cfg, write=False)
     assert "\n" not in str(info.value) and "raise ray.start_timeout_s" in str(info.value)
+
+
+@pytest.mark.parametrize("strategy", [
+    {"name": "scaffold", "fraction_train": 0.5, "fraction_evaluate": 0.5},
+    {"name": "fedper", "personal_layers": ["3"], "fraction_train": 0.5, "fraction_evaluate": 0.5},
+    {"name": "ditto", "lam": 0.5, "fraction_train": 0.5, "fraction_evaluate": 0.5},
+], ids=["scaffold", "fedper", "ditto"])
+def test_stateful_methods_give_the_same_numbers_on_serial_vectorized_and_ray(strategy: dict) -> None:
+    """Client state (control variates, personal layers and models) follows each virtual
+    client across actors: 2 Ray actors and the vectorized executor equal serial."""
+    cfg = tiny_config(strategy=strategy, run={"rounds": 3, "seed": 5})
+    serial = fedsim.run(cfg, write=False)
+    for other in ("executor.name=ray", "executor.name=vectorized"):
+        res = fedsim.run(cfg.replace([other, "ray.num_actors=2"]), write=False)
+        assert [without_wall(r) for r in res.history] == [without_wall(r) for r in serial.history], other
+        assert all(np.array_equal(serial.arrays[k].numpy(), res.arrays[k].numpy()) for k in serial.arrays)

@@ -123,9 +123,12 @@ class VectorizedExecutor(SerialExecutor):
         from fedsim.clients import app as fedsim_app
 
         try:
-            _, arrays, _, _ = fedsim_app.records(msg)
+            _, arrays, _, config = fedsim_app.records(msg)
         except ValueError as exc:
             return str(exc)
+        algo = config.get(keys.ALGORITHM)
+        if algo:
+            return f"{algo} keeps per-client state (the ClientApp trains each client)"
         expected = self._expected
         if expected is None:
             model = fedsim_app.runtime_for(self._run_config).model
