@@ -34,6 +34,7 @@ from flwr.app import Array, ArrayRecord, RecordDict
 from torch import nn
 
 from fedsim.core import keys
+from fedsim.core.keys import is_personal
 
 ALGORITHMS = ("scaffold", "fedper", "ditto")
 
@@ -46,10 +47,6 @@ def algorithm_of(config: Mapping[str, Any]) -> str:
 def personal_prefixes(config: Mapping[str, Any]) -> tuple[str, ...]:
     value = config.get(keys.PERSONAL_LAYERS, "")
     return tuple(p for p in str(value).split(",") if p)
-
-
-def is_personal(name: str, prefixes: tuple[str, ...]) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
 def trainable_names(model: nn.Module) -> list[str]:

@@ -34,6 +34,7 @@ from fedsim.core.schema import (
 )
 from fedsim.engine.executors.sections import ExecutorSection, RaySection
 from fedsim.engine.policies import RoundSection
+from fedsim.engine.selection import SelectionSection
 from fedsim.privacy import PrivacySection
 from fedsim.privacy import check_wrapper as check_privacy
 from fedsim.report import ReportSection
@@ -105,6 +106,7 @@ class Config:
     devices: DevicesSection = DevicesSection()
     network: NetworkSection = NetworkSection()
     round: RoundSection = RoundSection()
+    selection: SelectionSection = SelectionSection()
     codec: tuple[Named, ...] = named_list("codec", "fedsim.clients.codecs:resolve_codec", "fedsim.clients.codecs:check_chain")
     probe: ProbeSection = ProbeSection()
     faults: FaultsSection = FaultsSection()

@@ -300,6 +300,7 @@ def _engine(cfg: Config, recorder: Recorder) -> tuple[Any, SimulationGrid]:
                          local_epochs=cfg.client.local_epochs)
     grid = SimulationGrid(cfg.data.num_clients, executor, seed=cfg.run.seed, observer=recorder.on_exchange,
                           system=system, codec=build_pipeline(cfg.codec))
+    grid.selection = cfg.selection.make(cfg.round.deadline)
     return executor, grid
 
 

@@ -100,6 +100,11 @@ def prepare(cfg: Config, *, with_strategy: bool = True) -> RunSetup:
     check = getattr(strategy, "fedsim_check_model", None)
     if callable(check):  # e.g. FedPer's personal layers must name some of the model's arrays
         check(initial)
+    if (strategy is not None and cfg.selection.policy != "uniform"
+            and type(strategy).start is not Strategy.start):
+        raise ConfigError("selection.policy", cfg.selection.policy,
+                          f"{type(strategy).__name__} runs its own loop (e.g. FedBuff's asynchronous dispatch) and "
+                          "samples its clients itself; selection policies apply to round-based strategies")
     return RunSetup(cfg=cfg, spec=spec, data=data, initial=initial, server_model=server_model, adapters=adapters,
                     strategy=strategy)
 

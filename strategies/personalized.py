@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from fedsim.clients.algorithms import is_personal
 from fedsim.strategies.registry import register_strategy
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -28,6 +27,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedsim.core import keys
 from fedsim.core.errors import ConfigError
+from fedsim.core.keys import is_personal
 
 
 @register_strategy("fedper")

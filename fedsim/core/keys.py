@@ -38,3 +38,9 @@ METRICS = "metrics"
 LOSS_ALIASES = (TRAIN_LOSS, "loss", "train-loss")
 EVAL_LOSS_ALIASES = (EVAL_LOSS, "loss", "eval-loss", "test_loss")
 EVAL_ACC_ALIASES = (EVAL_ACC, "accuracy", "acc", "eval-acc", "eval_accuracy", "test_acc")
+
+
+def is_personal(name: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether array ``name`` belongs to the ``PERSONAL_LAYERS`` prefixes (``"3"`` covers
+    ``"3.weight"`` and ``"3.bias"``): what FedPer's client keeps and its server never sends."""
+    return any(name == p or name.startswith(p + ".") for p in prefixes)

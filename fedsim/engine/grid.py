@@ -208,6 +208,9 @@ class SimulationGrid(Grid):
         self.model_replies = False
         #: With model replies: exclude training updates whose L2 norm exceeds this (0 = off).
         self.max_update_norm = 0.0
+        #: Which clients train (`fedsim.engine.selection`); None or uniform: the strategy's own sample.
+        self.selection: Any = None
+        self._selection_warned = False
         run_id = run_id if run_id is not None else seeding.int_seed(seed, 0, seeding.SERVER, "run-id") % 2**63
         self._run = Run.create_empty(run_id=run_id)
         TaskIdentity.task_id = 1
@@ -241,6 +244,8 @@ class SimulationGrid(Grid):
                     "random": [version, list(internal), gauss],
                     "inflight": {mid: at for mid, (at, _) in self._inflight.items()},
                     "sent_at": dict(self._sent_at)}
+        if self.selection is not None and self.selection.active:
+            counters["selection"] = self.selection.state()
         messages = {mid: message_to_proto(reply).SerializeToString() for mid, (_, reply) in self._inflight.items()}
         return counters, dict(self._states), {k: dict(v) for k, v in self._codec_state.items()}, messages
 
@@ -262,6 +267,8 @@ class SimulationGrid(Grid):
             version, internal, gauss = counters["random"]
             random.setstate((version, tuple(internal), gauss))
         self._sent_at = {k: float(v) for k, v in counters.get("sent_at", {}).items()}
+        if self.selection is not None and "selection" in counters:
+            self.selection.load(counters["selection"])
         for mid, at in counters.get("inflight", {}).items():
             proto = ProtoMessage()
             proto.ParseFromString((messages or {})[mid])
@@ -399,13 +406,14 @@ class SimulationGrid(Grid):
         start = self.clock.now
         for mid, _ in items:
             self._sent_at.pop(mid, None)
+        items = self._reselect(phase, rnd, list(items))
         n_asked = len(items)
-        items = list(items)
         extra = self._over_select(phase, items, policy.extra_clients(len(items))) if phase.startswith("train") else 0
         stream = self._stream(rnd, phase)
         sim = self._simulate(phase, rnd, items, [start] * len(items), deadline, policy.drops_protocol_stragglers,
                              stream)
         sel = policy.select(sim.arrivals, deadline, keep=n_asked if extra else None)
+        self._observe(phase, rnd, items, sim, sel)
         self.clock.advance(sel.wait)
         kept = [(items[i][0], sim.replies[i]) for i in sel.kept if sim.replies[i] is not None]
         self._emit(phase, rnd, items, sim, kept_slots=sel.kept, sampled=n_asked, start=start, waited=sel.wait,
@@ -424,6 +432,50 @@ class SimulationGrid(Grid):
         self._stages = {k: v for k, v in self._stages.items() if k[0] == rnd}
         n = self._stages[(rnd, phase)] = self._stages.get((rnd, phase), 0) + 1
         return phase if n == 1 else f"{phase}@{n}"
+
+    def _reselect(self, phase: str, rnd: int, items: list[tuple[str, Message]]) -> list[tuple[str, Message]]:
+        """The selection policy's clients instead of the strategy's uniform sample: the same
+        number, the same message (see `fedsim.engine.selection`)."""
+        sel = self.selection
+        if sel is None or not sel.active or not phase.startswith("train") or not items:
+            return items
+        first = items[0][1]
+        if (rnd, phase) in self._stages or any(m.content is not first.content for _, m in items):
+            if not self._selection_warned:
+                self._selection_warned = True
+                import logging
+
+                logging.getLogger("fedsim").warning(
+                    "selection.policy = %r applies to strategies that send one training message to every sampled "
+                    "client; this strategy's messages differ (or it runs several stages), so its own sampling "
+                    "is kept", sel.name)
+            return items
+        rng = seeding.rng(self.seed, rnd, seeding.SERVER, "selection")
+        chosen = sel.choose(len(items), list(self._node_ids), rnd, rng)
+        if len(set(chosen)) != len(items) or not set(chosen) <= set(self._node_ids):
+            raise RuntimeError(f"selection policy {sel.name!r} chose {len(set(chosen))} distinct known clients; "
+                               f"the round trains {len(items)}")
+        out = []
+        for (mid, msg), node in zip(items, chosen, strict=True):
+            new = Message(msg.content, int(node), msg.metadata.message_type, group_id=msg.metadata.group_id or None)
+            new.metadata.__dict__["_message_id"] = mid
+            out.append((mid, new))
+        return out
+
+    def _observe(self, phase: str, rnd: int, items: list[tuple[str, Message]], sim: Any, sel: Any) -> None:
+        """What the server saw of each training client, for the selection policy."""
+        if self.selection is None or not self.selection.active or not phase.startswith("train"):
+            return
+        kept = set(sel.kept)
+        for i, (_, msg) in enumerate(items):
+            reply = sim.replies[i]
+            arrived = i in kept and reply is not None and not reply.has_error()
+            metrics: dict[str, Any] = {}
+            if arrived:
+                for _, rec in metrics_of(reply.content):
+                    metrics.update({k: v for k, v in rec.items() if isinstance(v, (int, float))})
+            duration = sim.arrivals[i] if arrived else sel.wait
+            self.selection.observe(rnd, msg.metadata.dst_node_id, float(duration), arrived, metrics)
 
     def _over_select(self, phase: str, items: list[tuple[str, Message]], count: int) -> int:
         """Add ``count`` more clients (seeded, not already chosen) with the same message; how many were added."""

@@ -148,3 +148,15 @@ def first_gets_nothing(labels: np.ndarray, num_clients: int) -> list[np.ndarray]
 
 def y_not_labels(y: np.ndarray, num_clients: int) -> list[np.ndarray]:
     return np.array_split(np.arange(len(y)), num_clients)
+
+
+from fedsim.engine.selection import SelectionPolicy  # noqa: E402
+
+
+class LowestIds(SelectionPolicy):
+    """A user's selection policy: always the k lowest node ids (deterministic, hand-checkable)."""
+
+    name = "lowest_ids"
+
+    def choose(self, k, nodes, rnd, rng):  # type: ignore[no-untyped-def]
+        return sorted(nodes)[:k]
