@@ -126,6 +126,7 @@ def summarize(loaded: Loaded, target: float) -> list[dict[str, Any]]:
             "probe_psnr_mean": statistics.mean(psnr) if psnr else None,
             "epsilon_mean": _mean_std([r.summary.get("privacy_epsilon") for r in runs])[0],
             "client_acc_mean": _mean_std([r.summary.get("final_client_acc_mean") for r in runs])[0],
+            "client_acc_p10_mean": _mean_std([r.summary.get("final_client_acc_p10") for r in runs])[0],
             "client_acc_worst_mean": _mean_std([r.summary.get("final_client_acc_worst") for r in runs])[0],
             "client_failures": sum(int(r.summary.get("client_failures", 0)) for r in runs),
             "failed_cells": sum(1 for f in loaded.failed if f["label"] == group),
@@ -138,14 +139,16 @@ def summarize(loaded: Loaded, target: float) -> list[dict[str, Any]]:
                          "best_acc_mean": None, "best_acc_std": None, "target": target, "reached": 0,
                          "rounds_to_target": None, "virtual_s_to_target": None, "bytes_up_mean": None, "bytes_total_mean": None,
                          "virtual_time_s_mean": None, "probe_psnr_mean": None, "epsilon_mean": None,
-                         "client_acc_mean": None, "client_acc_worst_mean": None, "client_failures": 0,
+                         "client_acc_mean": None, "client_acc_p10_mean": None, "client_acc_worst_mean": None,
+                         "client_failures": 0,
                          "failed_cells": sum(1 for g in loaded.failed if g["label"] == f["label"]), "point": f["point"]})
     return rows
 
 
 CSV_FIELDS = ["config", "seeds", "final_acc_mean", "final_acc_std", "best_acc_mean", "best_acc_std", "target",
               "reached", "rounds_to_target", "virtual_s_to_target", "bytes_up_mean", "bytes_total_mean", "virtual_time_s_mean",
-              "probe_psnr_mean", "epsilon_mean", "client_acc_mean", "client_acc_worst_mean", "client_failures",
+              "probe_psnr_mean", "epsilon_mean", "client_acc_mean", "client_acc_p10_mean", "client_acc_worst_mean",
+              "client_failures",
               "failed_cells", "accuracy"]
 
 
@@ -188,7 +191,9 @@ METRIC_COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("MB total", lambda r: _mb(r["bytes_total_mean"])),
     ("leakage PSNR dB", lambda r: fmt(r["probe_psnr_mean"], ".1f")),
     ("epsilon", lambda r: fmt(r.get("epsilon_mean"), ".3g")),
-    ("client acc mean / worst", lambda r: f"{fmt(r.get('client_acc_mean'))} / {fmt(r.get('client_acc_worst_mean'))}"),
+    ("client acc mean / p10 / worst", lambda r: f"{fmt(r.get('client_acc_mean'), '.3f')} / "
+                                                f"{fmt(r.get('client_acc_p10_mean'), '.3f')} / "
+                                                f"{fmt(r.get('client_acc_worst_mean'), '.3f')}"),
     ("failures", lambda r: f"{r['client_failures']} clients, {r['failed_cells']} cells"),
 ]
 

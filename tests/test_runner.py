@@ -15,7 +15,7 @@ from tests.conftest import tiny_config
 
 RECORD_KEYS = {"round", "central_loss", "central_acc", "fed_loss", "fed_acc", "train_loss", "clients_sampled",
                "clients_replied", "clients_failed", "eval_clients_sampled", "eval_clients_replied",
-               "eval_clients_failed", "bytes_down", "bytes_up", "bytes_shared", "failures", *WALL_FIELDS,
+               "eval_clients_failed", "client_acc_mean", "client_acc_p10", "client_acc_worst", "bytes_down", "bytes_up", "bytes_shared", "failures", *WALL_FIELDS,
                "virtual_round_s", "virtual_time_s", *SYSTEM_COUNTS}
 
 

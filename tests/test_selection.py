@@ -18,9 +18,11 @@ SPEEDS = {"speed": {"name": "lognormal", "mu": 0.0, "sigma": 1.0}, "seconds_per_
 
 def test_power_of_choice_takes_the_highest_reported_losses_untried_first() -> None:
     policy = PowerOfChoice(SelectionSection(policy="power_of_choice", candidates=100.0))
-    policy.seen = {1: Seen(loss=0.5), 2: Seen(loss=2.0), 4: Seen(loss=1.0)}
-    chosen = policy.choose(2, [1, 2, 3, 4], 5, np.random.default_rng(0))
-    assert sorted(chosen) == [2, 3]  # 3 never reported (counts as the highest), then 2's loss 2.0
+    policy.seen = {1: Seen(loss=0.5), 2: Seen(loss=2.0), 4: Seen(loss=1.0), 5: Seen(late=True)}
+    chosen = policy.choose(2, [1, 2, 3, 4, 5], 5, np.random.default_rng(0))
+    assert sorted(chosen) == [2, 3]  # 3 never tried (counts as the highest), then 2's loss 2.0
+    chosen = policy.choose(4, [1, 2, 3, 4, 5], 5, np.random.default_rng(0))
+    assert sorted(chosen) == [1, 2, 3, 4]  # 5 was tried and never heard back from: the last
 
 
 def test_data_size_draws_in_proportion_to_reported_examples() -> None:

@@ -18,7 +18,8 @@ server waited), and the round it last trained. Never the simulator's device spee
   ``num-examples`` (clients not heard from yet count as the mean of those heard from).
 - ``power_of_choice`` (Cho et al. 2022, the variant using each client's last reported loss,
   "rpow-d"): ``d = ceil(candidates * K)`` candidates uniformly, then the K with the highest
-  loss; a client never heard from counts as the highest.
+  loss; a client never tried counts as the highest, one tried but never heard back from
+  (late every time, or failing) as the lowest.
 - ``oort`` (Lai et al., OSDI 2021): utility = statistical utility ``n_i * loss_i`` (+ a
   staleness bonus ``sqrt(0.1 ln R / L_i)``), times ``(T / t_i) ** alpha`` when the client's
   observed duration ``t_i`` exceeds the preferred round duration ``T`` (``round.deadline``
@@ -158,9 +159,16 @@ class PowerOfChoice(SelectionPolicy):
     def choose(self, k: int, nodes: Sequence[int], rnd: int, rng: np.random.Generator) -> list[int]:
         d = min(len(nodes), max(k, math.ceil(self.section.candidates * k)))
         candidates = [int(n) for n in rng.choice(np.asarray(nodes), size=d, replace=False)]
-        loss = [self.seen.get(n, Seen()).loss for n in candidates]
-        order = sorted(range(d), key=lambda i: (-(math.inf if loss[i] is None else loss[i]), i))
+        order = sorted(range(d), key=lambda i: (-self._priority(candidates[i]), i))
         return [candidates[i] for i in order[:k]]
+
+    def _priority(self, node: int) -> float:
+        """Its last reported loss; never tried: first (+inf); tried but never heard back
+        from (always late, or failing): last (-inf), else a straggler is picked forever."""
+        s = self.seen.get(node)
+        if s is None:
+            return math.inf
+        return s.loss if s.loss is not None else -math.inf
 
 
 @register_selection("oort")
