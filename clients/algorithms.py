@@ -1,4 +1,4 @@
-"""The client side of the stateful algorithms: SCAFFOLD, FedPer and Ditto.
+"""The client side of the stateful algorithms: SCAFFOLD, FedPer, Ditto (and APFL, in `apfl`).
 
 A strategy asks for one through its train/evaluate ``ConfigRecord`` (``fedsim-algorithm``),
 as any Flower strategy talks to its clients; what a client keeps between rounds lives in
@@ -17,7 +17,7 @@ Flower's ``Context.state`` (`fedsim.clients.state`), so it is checkpointed with 
   then its personal model ``v_i`` (at first the global one) for as many steps, with the
   proximal pull ``(lambda / 2) ||v_i - w||^2`` toward the global model ``w`` it received.
 
-Evaluation messages of FedPer and Ditto evaluate the client's personal model on its own
+Evaluation messages of FedPer, Ditto and APFL evaluate the client's personal model on its own
 test split (a client that never trained evaluates what it would start from).
 """
 
@@ -36,7 +36,7 @@ from torch import nn
 from fedsim.core import keys
 from fedsim.core.keys import is_personal
 
-ALGORITHMS = ("scaffold", "fedper", "ditto")
+ALGORITHMS = ("scaffold", "fedper", "ditto", "apfl")  # APFL's steps: `fedsim.clients.apfl`
 
 
 def algorithm_of(config: Mapping[str, Any]) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from fedsim.clients import algorithms, lora, trainer
+from fedsim.clients import algorithms, apfl, lora, trainer
 from fedsim.clients.codecs import MARKER, CodecContext, Pipeline, build_pipeline
 from fedsim.clients.codecs.transport import encode_update, load_state, save_state
 from fedsim.clients.device import resolve as resolve_device
@@ -175,8 +175,14 @@ def _train_weights(msg: Message, context: Context) -> Message:
     scaffold = algorithms.Scaffold.start(msg.content, context.state, rt.model) if algo == "scaffold" else None
     received = {k: a.numpy() for k, a in arrays.items()} if scaffold is not None else {}
     start = time.perf_counter()
-    outcome = trainer.train(rt.model, x, y, settings, seeding.torch_generator(seed, rnd, cid, "batches"),
-                            correction=scaffold.correction() if scaffold is not None else None)
+    generator = seeding.torch_generator(seed, rnd, cid, "batches")
+    if algo == "apfl":
+        personal = _apfl_personal(rt, context, arrays, config)
+        outcome = apfl.train(rt.model, x, y, settings, generator, personal, bool(config.get(keys.APFL_ADAPTIVE, True)))
+        personal.save(context.state)
+    else:
+        outcome = trainer.train(rt.model, x, y, settings, generator,
+                                correction=scaffold.correction() if scaffold is not None else None)
     content = RecordDict()
     state = _state(rt)
     if prefixes:
@@ -208,6 +214,13 @@ def _train_ditto(rt: Runtime, context: Context, arrays: ArrayRecord, x: torch.Te
     anchor = [received[n] for n in algorithms.trainable_names(rt.model)]
     trainer.train(rt.model, x, y, settings, seeding.torch_generator(seed, rnd, cid, "ditto"), anchor=anchor)
     save_arrays(context.state, "ditto", _state(rt))
+
+
+def _apfl_personal(rt: Runtime, context: Context, arrays: ArrayRecord, config: Mapping[str, Any]) -> apfl.Personal:
+    """This client's APFL local model and mixing weight (at first: the global model received)."""
+    received = {k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in arrays.items()}
+    return apfl.Personal.load(context.state, received, algorithms.trainable_names(rt.model),
+                              float(config.get(keys.APFL_ALPHA, 0.25)))
 
 
 def _initial_state(rt: Runtime) -> dict[str, torch.Tensor]:
@@ -255,6 +268,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     elif algo == "ditto":
         received = {k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in arrays.items()}
         rt.model.load_state_dict(algorithms.ditto_personal(context.state, received), strict=True)
+    elif algo == "apfl":  # alpha v + (1 - alpha) w, with the global model w received
+        received = {k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in arrays.items()}
+        rt.model.load_state_dict(_apfl_personal(rt, context, arrays, config).mixed(received), strict=True)
     else:
         _load(rt, arrays)
     x, y = rt.data.client_test(cid)

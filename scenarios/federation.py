@@ -131,7 +131,8 @@ def build(data: DataSection, seed: int) -> FederatedData:
         pool_x, pool_y = ds.x[~held], ds.y[~held]
         groups = None if ds.groups is None else ds.groups[~held]
         server_x, server_y = ds.x[held], ds.y[held]
-        if len(pool_y) < data.num_clients <= len(ds.y):  # the hold-out, not the dataset, is too big
+        # the hold-out, not the dataset, is too big: it leaves under two samples a client
+        if len(pool_y) < 2 * data.num_clients <= len(ds.y) and held.sum() > len(pool_y):
             raise ConfigError("data.server_test_fraction", data.server_test_fraction,
                               f"holds out {int(held.sum())} of {len(ds.y)} samples, leaving {len(pool_y)} for "
                               f"{data.num_clients} clients; lower it (or data.num_clients)")

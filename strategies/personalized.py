@@ -1,4 +1,4 @@
-"""Personalized federated learning: FedPer (personal layers) and Ditto (personal models).
+"""Personalized federated learning: FedPer (personal layers), Ditto and APFL (personal models).
 
 Both are FedAvg on the server; what differs happens on the clients
 (`fedsim.clients.algorithms`), asked for through the train and evaluate configs, and is
@@ -14,6 +14,9 @@ percentile and the worst client).
   global body with the initial head: reported as such, it is not a personalized figure).
 - ``ditto``: ``lam`` is the proximal weight of each personal model toward the global one
   (Li et al. 2021: lam = 0 trains personal models alone; large lam follows the global).
+- ``apfl``: each client mixes its local model with the global one,
+  ``alpha v_i + (1 - alpha) w`` (Deng et al. 2020); ``alpha`` is where every client's
+  mixing weight starts, ``adaptive`` lets each client learn its own by gradient descent.
 """
 
 from __future__ import annotations
@@ -95,6 +98,34 @@ class Ditto(FedAvg):
 
     def _config(self, config: ConfigRecord) -> ConfigRecord:
         return ConfigRecord({**dict(config), keys.ALGORITHM: "ditto", keys.DITTO_LAMBDA: float(self.lam)})
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        return super().configure_train(server_round, arrays, self._config(config), grid)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return super().configure_evaluate(server_round, arrays, self._config(config), grid)
+
+
+@register_strategy("apfl")
+class Apfl(FedAvg):
+    """FedAvg for the global model; each client also trains its local model, mixed with
+    the global one by ``alpha`` (learned per client when ``adaptive``)."""
+
+    fedsim_arg_rules = {"alpha": (lambda v: 0 <= v <= 1, "must be in [0, 1]")}
+    fedsim_model_replies = True
+
+    def __init__(self, *, alpha: float = 0.25, adaptive: bool = True, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        super().__init__(**kwargs)
+        self.alpha = float(alpha)
+        self.adaptive = bool(adaptive)
+
+    def _config(self, config: ConfigRecord) -> ConfigRecord:
+        return ConfigRecord({**dict(config), keys.ALGORITHM: "apfl", keys.APFL_ALPHA: self.alpha,
+                             keys.APFL_ADAPTIVE: self.adaptive})
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:

@@ -47,7 +47,7 @@ def test_synthetic_preset_matches_paper() -> None:
         ({"data": {"partitioner": {"name": "dirichlet", "alpha": -0.5}}}, "data.partitioner.alpha", "must be > 0"),
         ({"data": {"partitioner": "zipf"}}, "data.partitioner.name", "known: dirichlet, flwr_datasets, iid, natural, "),
         ({"model": {"name": "resnet"}}, "model.name", "known: cnn, logreg, mlp"),
-        ({"strategy": {"name": "fedfoo"}}, "strategy.name", "known: bulyan, ditto, fedadagrad, fedadam"),
+        ({"strategy": {"name": "fedfoo"}}, "strategy.name", "known: apfl, bulyan, ditto, fedadagrad"),
         ({"strategy": {"name": "fedavg", "fraction_train": 1.5}}, "strategy.fraction_train", "(0, 1]"),
         ({"strategy": {"name": "fedavg", "fraction_train": 0.0}}, "strategy.fraction_train", "(0, 1]"),
         ({"strategy": {"name": "fedavg", "fraction_trian": 0.5}}, "strategy.fraction_trian", "allowed: fraction_train"),

@@ -91,7 +91,7 @@ CASES = {"n": 0, "ok": 0, "refused": 0}
 
 
 @pytest.mark.slow
-@settings(max_examples=520, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(max_examples=520, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(raw=mutated())
 def test_mutated_scenarios_never_traceback(raw: dict, tmp_path_factory: pytest.TempPathFactory) -> None:
     if not toml_safe(raw):

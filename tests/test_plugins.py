@@ -162,22 +162,30 @@ def test_registered_plugins_reach_ray_actors_with_the_same_numbers(ray_session) 
 
 @pytest.mark.slow
 def test_plugins_registered_in_a_script_reach_ray_actors(tmp_path: Path) -> None:
-    """A script registers a model in ``__main__`` (not importable elsewhere): Ray actors get it by value."""
+    """A script registers a model and a partitioner in ``__main__`` (not importable
+    elsewhere): Ray actors get them by value, with the serial executor's numbers."""
     script = tmp_path / "study.py"
     script.write_text(textwrap.dedent(f"""
         import json, sys
         sys.path.insert(0, {str(ROOT)!r})
         from torch import nn
         import fedsim
+        import numpy as np
         from fedsim.clients.models import register_model
+        from fedsim.scenarios.partitioners import register_partitioner
         from tests.conftest import tiny_raw
 
         @register_model("script_linear")
         def script_linear(input_shape, num_classes):
             return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
 
+        @register_partitioner("script_sorted")
+        def script_sorted(labels, num_clients):
+            return [np.sort(p) for p in np.array_split(np.argsort(labels, kind="stable"), num_clients)]
+
         if __name__ == "__main__":
             raw = tiny_raw(model="script_linear")
+            raw["data"]["partitioner"] = {{"name": "script_sorted"}}
             cfg = fedsim.from_dict(raw)
             a = fedsim.run(cfg, write=False)
             b = fedsim.run(cfg.replace(['executor.name="ray"', "ray.num_actors=2"]), write=False)
@@ -203,6 +211,9 @@ def test_registered_plugins_reach_sweep_processes(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     assert [c["status"] for c in manifest["cells"]] == ["done"] * 4
+    for cell in manifest["cells"]:  # every client of every cell found the plug-ins (none failed)
+        summary = json.loads((tmp_path / "sweep" / cell["dir"] / "summary.json").read_text())
+        assert summary["client_failures"] == 0 and summary.get("stopped") is None, (cell, summary)
 
 
 def test_fedsim_check_validates_plugins_by_path_and_a_misspelled_path_exits_2() -> None:

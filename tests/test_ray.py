@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +20,8 @@ from fedsim.engine.grid import Exchange, SimulationGrid
 from fedsim.engine.metrics import without_wall
 from tests.conftest import tiny_config
 from tests.test_grid import initial
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -201,7 +207,8 @@ def test_actors_that_do_not_start_in_time_are_one_line_naming_the_setting() -> N
     {"name": "scaffold", "fraction_train": 0.5, "fraction_evaluate": 0.5},
     {"name": "fedper", "personal_layers": ["3"], "fraction_train": 0.5, "fraction_evaluate": 0.5},
     {"name": "ditto", "lam": 0.5, "fraction_train": 0.5, "fraction_evaluate": 0.5},
-], ids=["scaffold", "fedper", "ditto"])
+    {"name": "apfl", "alpha": 0.4, "fraction_train": 0.5, "fraction_evaluate": 0.5},
+], ids=["scaffold", "fedper", "ditto", "apfl"])
 def test_stateful_methods_give_the_same_numbers_on_serial_vectorized_and_ray(strategy: dict) -> None:
     """Client state (control variates, personal layers and models) follows each virtual
     client across actors: 2 Ray actors and the vectorized executor equal serial."""
@@ -211,3 +218,36 @@ def test_stateful_methods_give_the_same_numbers_on_serial_vectorized_and_ray(str
         res = fedsim.run(cfg.replace([other, "ray.num_actors=2"]), write=False)
         assert [without_wall(r) for r in res.history] == [without_wall(r) for r in serial.history], other
         assert all(np.array_equal(serial.arrays[k].numpy(), res.arrays[k].numpy()) for k in serial.arrays)
+
+
+def test_a_local_ray_that_does_not_start_is_retried_then_one_line(tmp_path: Path) -> None:
+    """Ray gives its own node a fixed 30 s; here (a fresh process) every start fails as Ray's
+    does under load: fedsim retries while ray.start_timeout_s lasts, then says so in one line."""
+    script = tmp_path / "slow_ray.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        import ray
+        calls = []
+
+        def init(*args, **kwargs):
+            calls.append(kwargs.get("address"))
+            time.sleep(0.3)
+            raise Exception("The current node timed out during startup. This could happen because ...")
+
+        ray.init = init
+        from fedsim.cli import main
+        code = main(["run", "quickstart", "--set", 'executor.name="ray"', "--set", "ray.start_timeout_s=1",
+                     "--set", "run.rounds=1", "--out", {str(tmp_path / "r")!r}])
+        print("RESULT", code, len(calls), set(calls))
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
+    assert result, proc.stderr[-2000:]
+    _, code, calls, addresses = result[0].split(" ", 3)
+    assert code == "2" and int(calls) >= 2 and addresses == "{'local'}", result
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("fedsim: error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert re.match(rf"fedsim: error: ray.start_timeout_s = 1(\.0)?: the local Ray node did not start in {calls} tries",
+                    errors[0]), errors[0]
+    assert "raise ray.start_timeout_s" in errors[0]

@@ -1,5 +1,5 @@
 """Stateful and personalized FL: SCAFFOLD on hand-checkable quadratics, FedPer's bytes,
-Ditto's proximal personal model, the per-client evaluation spread, resume with state."""
+Ditto's proximal personal model, APFL's mixed model, the per-client evaluation spread, resume with state."""
 
 from __future__ import annotations
 
@@ -116,6 +116,61 @@ def test_ditto_personal_model_is_one_proximal_step_from_where_it_was(tmp_path: P
     assert not np.allclose(v2["1.weight"], two.arrays["1.weight"].numpy())  # personal differs from global
 
 
+def test_apfl_steps_and_personalized_evaluation_by_hand(tmp_path: Path) -> None:
+    """Full-batch, one local step, adaptive alpha. Round 1 (v_0 = w_0, alpha_0 = a): the mixed
+    model is w_0, so v_1 = w_0 - lr a g(w_0) and alpha_1 = a (v_0 - w_0 = 0). Round 2, with
+    the global W_1: vbar = alpha_1 v_1 + (1 - alpha_1) W_1, v_2 = v_1 - lr alpha_1 g(vbar),
+    alpha_2 = alpha_1 - lr <v_1 - W_1, g(vbar)>. Evaluation after round 2 scores the mixed
+    model alpha_2 v_2 + (1 - alpha_2) W_2 on the client's own test split."""
+    a, lr = 0.4, 0.1
+    cfg = tiny_config(data={"num_clients": 2},
+                      strategy={"name": "apfl", "alpha": a, "fraction_train": 1.0, "fraction_evaluate": 1.0},
+                      client={"local_steps": 1, "local_epochs": 0, "batch_size": 100_000, "lr": lr},
+                      run={"rounds": 2, "checkpoint_every": 1})
+    one = fedsim.run(cfg.replace(["run.rounds=1"]), out_dir=tmp_path / "one")
+    two = fedsim.run(cfg, out_dir=tmp_path / "two")
+    from fedsim.clients import trainer
+    from fedsim.runsetup import prepare
+
+    setup = prepare(cfg)
+    model = setup.server_model
+    x, y = setup.data.client_train(0)
+
+    def grads(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        model.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float32).copy()) for k, v in state.items()})
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        return {k: p.grad.numpy().astype(np.float64) for k, p in model.named_parameters()}
+
+    def node_state(folder: Path, name: str) -> dict[str, np.ndarray]:
+        return load_arrays(checkpoint.load(folder).nodes[_node(folder, 0)], name)
+
+    w0 = {k: v.numpy().astype(np.float64) for k, v in setup.initial.items()}
+    g0 = grads(w0)
+    v1, alpha1 = node_state(tmp_path / "one", "apfl"), node_state(tmp_path / "one", "apfl-alpha")["alpha"][0]
+    assert alpha1 == pytest.approx(a)
+    for k in w0:
+        np.testing.assert_allclose(v1[k], w0[k] - lr * a * g0[k], atol=1e-6)
+    big_w1 = {k: v.numpy().astype(np.float64) for k, v in one.arrays.items()}
+    vbar = {k: alpha1 * v1[k] + (1 - alpha1) * big_w1[k] for k in w0}
+    g = grads(vbar)
+    v2, alpha2 = node_state(tmp_path / "two", "apfl"), node_state(tmp_path / "two", "apfl-alpha")["alpha"][0]
+    expected_alpha = alpha1 - lr * sum(float(((v1[k] - big_w1[k]) * g[k]).sum()) for k in w0)
+    assert alpha2 == pytest.approx(expected_alpha, abs=1e-6) and alpha2 != pytest.approx(a, abs=1e-9)
+    for k in w0:
+        np.testing.assert_allclose(v2[k], v1[k] - lr * alpha1 * g[k], atol=1e-6)
+    # the personalized evaluation: each client's mixed model on its own test split, unweighted mean
+    w2 = {k: v.numpy().astype(np.float64) for k, v in two.arrays.items()}
+    accs = []
+    for cid, node in enumerate(sorted(checkpoint.load(tmp_path / "two").nodes)):
+        st = checkpoint.load(tmp_path / "two").nodes[node]
+        v, al = load_arrays(st, "apfl"), load_arrays(st, "apfl-alpha")["alpha"][0]
+        model.load_state_dict({k: torch.from_numpy((al * v[k] + (1 - al) * w2[k]).astype(np.float32)) for k in w2})
+        accs.append(trainer.evaluate(model, *setup.data.client_test(cid))[1])
+    assert two.history[-1]["client_acc_mean"] == pytest.approx(float(np.mean(accs)))
+    assert two.history[-1]["client_acc_worst"] == pytest.approx(min(accs))
+
+
 def _node(folder: Path, partition: int) -> int:
     ck = checkpoint.load(folder)
     return sorted(ck.nodes)[partition]
@@ -140,7 +195,8 @@ def test_client_spread_by_hand() -> None:
     {"name": "scaffold", "fraction_train": 0.5, "fraction_evaluate": 0.5},
     {"name": "fedper", "personal_layers": ["3"], "fraction_train": 0.5, "fraction_evaluate": 0.5},
     {"name": "ditto", "lam": 0.5, "fraction_train": 0.5, "fraction_evaluate": 0.5},
-], ids=["scaffold", "fedper", "ditto"])
+    {"name": "apfl", "alpha": 0.4, "fraction_train": 0.5, "fraction_evaluate": 0.5},
+], ids=["scaffold", "fedper", "ditto", "apfl"])
 def test_resume_with_client_state_is_bit_identical(tmp_path: Path, strategy: dict) -> None:
     """The server's control variate and every client's state (c_i, personal layers, personal
     model) are checkpointed: a run stopped at round 3 and resumed to 6 equals a 6-round run."""

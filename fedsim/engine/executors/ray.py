@@ -274,8 +274,7 @@ class RayExecutor:
                 try:
                     if self.host:
                         kwargs["_node_ip_address"] = self.host
-                    with _keep_python_signal_handlers(), _loopback_only(self.host in LOOPBACK):
-                        ray.init(address="local", num_cpus=cpus, **kwargs)
+                    self._start_local(dict(kwargs, num_cpus=cpus))
                 finally:
                     if old is None:
                         os.environ.pop("PYTHONPATH", None)
@@ -297,6 +296,26 @@ class RayExecutor:
         self._actors = [self._new_actor(slot) for slot in range(len(self._slot_tier))]
         # Actors boot while the server does its own set-up; the first run() waits for them.
         self._ready = [a.ready.remote() for a in self._actors]
+
+    def _start_local(self, kwargs: dict[str, Any]) -> None:
+        """Start a local Ray. Ray gives its own node a fixed 30 s to come up; on a loaded
+        machine a try that times out is cleaned up and retried while ``start_timeout_s``
+        lasts, then the run stops with one line naming the setting."""
+        deadline = time.monotonic() + self.start_timeout_s
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                with _keep_python_signal_handlers(), _loopback_only(self.host in LOOPBACK):
+                    ray.init(address="local", **kwargs)
+                return
+            except Exception as exc:  # noqa: BLE001 - Ray's start-up failure: retry, then one line
+                first = (str(exc).strip().splitlines() or [""])[0][:300]
+                if time.monotonic() >= deadline:
+                    raise ConfigError("ray.start_timeout_s", self.start_timeout_s,
+                                      f"the local Ray node did not start in {tries} tries ({type(exc).__name__}: "
+                                      f"{first}); on a loaded machine raise ray.start_timeout_s") from None
+                logging.getLogger("fedsim").warning("the local Ray node did not start (%s); trying again", first)
 
     def _wait_ready(self) -> None:
         if not self._ready:
