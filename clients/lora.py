@@ -40,7 +40,7 @@ class LoraParams:
     rank: int = option(4, ge=1, le=65536)
     alpha: float = option(8.0, gt=0.0, doc="scaling = alpha / rank")
     dropout: float = option(0.0, ge=0.0, lt=1.0)
-    target_modules: tuple[str, ...] = option(("all",), doc='module names, or "all": every Linear and Conv2d')
+    target_modules: tuple[str, ...] = option(("all",), doc='layer names (full, or last parts such as "c_attn"), or "all": every Linear, Conv2d and Conv1D')
     full_modules: tuple[str, ...] = option((), doc="modules trained and sent in full (e.g. the classifier head)")
     mode: str = option("fedit", choices=("fedit", "ffa"))
     base: str = option("warmup", doc='"warmup", "init", or a checkpoint path')
@@ -106,18 +106,36 @@ def load_checkpoint(path: str, model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def _adaptable(m: nn.Module) -> bool:
+    """Layers LoRA adapts: Linear, Conv2d, and transformers' GPT-2-style Conv1D."""
+    return isinstance(m, (nn.Linear, nn.Conv2d)) or type(m).__name__ == "Conv1D" and hasattr(m, "nf")
+
+
+def _width(m: nn.Module) -> int:
+    if isinstance(m, nn.Linear):
+        return min(m.in_features, m.out_features)
+    if isinstance(m, nn.Conv2d):  # a conv's A maps in_channels x kernel to the rank
+        return min(m.in_channels * m.kernel_size[0] * m.kernel_size[1], m.out_channels)
+    return min(m.weight.shape)  # Conv1D: weight (in, out)
+
+
 def _targets(model: nn.Module, params: LoraParams) -> list[str]:
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
-    names = list(layers) if params.target_modules == ("all",) else list(params.target_modules)
+    """Full names of the adapted layers. A target names a layer by its full name or by its
+    last components (``c_attn`` matches every ``...attn.c_attn``), as peft matches them."""
+    layers = {name: m for name, m in model.named_modules() if _adaptable(m)}
+    if params.target_modules == ("all",):
+        names = list(layers)
+    else:
+        names = []
+        for target in params.target_modules:
+            hits = [n for n in layers if n == target or n.endswith("." + target)]
+            if not hits:
+                shown = ", ".join(layers) if len(layers) <= 12 else ", ".join(list(layers)[:12]) + ", ..."
+                raise ConfigError(f"{FIELD}.target_modules", list(params.target_modules),
+                                  f"{target!r} matches no Linear/Conv2d/Conv1D layer; the model has: {shown}")
+            names += [n for n in hits if n not in names]
     for name in names:
-        if name not in layers:
-            raise ConfigError(f"{FIELD}.target_modules", list(params.target_modules),
-                              f"{name!r} matches no Linear/Conv2d layer; the model has: {', '.join(layers)}")
-        m = layers[name]
-        if isinstance(m, nn.Linear):
-            width = min(m.in_features, m.out_features)
-        else:  # a conv's A maps in_channels x kernel to the rank
-            width = min(m.in_channels * m.kernel_size[0] * m.kernel_size[1], m.out_channels)
+        width = _width(layers[name])
         if params.rank >= width:
             raise ConfigError(f"{FIELD}.rank", params.rank, f"must be < the width of layer {name!r} ({width})")
     return names
@@ -131,8 +149,10 @@ def wrap(model: nn.Module, params: LoraParams, seed: int) -> nn.Module:
     for name in params.full_modules:
         if name not in names or name == "":
             raise ConfigError(f"{FIELD}.full_modules", list(params.full_modules), f"{name!r} is not a module of the model")
-    config = LoraConfig(r=params.rank, lora_alpha=params.alpha, lora_dropout=params.dropout,
-                        target_modules=_targets(model, params), modules_to_save=list(params.full_modules) or None)
+    targets = _targets(model, params)
+    conv1d = any(not isinstance(names[t], (nn.Linear, nn.Conv2d)) for t in targets)  # GPT-2 style, weight (in, out)
+    config = LoraConfig(r=params.rank, lora_alpha=params.alpha, lora_dropout=params.dropout, target_modules=targets,
+                        fan_in_fan_out=conv1d, modules_to_save=list(params.full_modules) or None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seeding.int_seed(seed, 0, seeding.SERVER, "lora-init"))
         peft_model = get_peft_model(model, config)

@@ -115,3 +115,6 @@ def init_model(name: str, params: Any, input_shape: tuple[int, ...], num_classes
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seeding.int_seed(seed, 0, seeding.SERVER, "model-init"))
         return build_model(name, params, input_shape, num_classes)
+
+
+from fedsim.clients import textmodels  # noqa: E402,F401  (registers the text models)

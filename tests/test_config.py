@@ -42,11 +42,11 @@ def test_synthetic_preset_matches_paper() -> None:
 @pytest.mark.parametrize(
     ("edit", "field", "fragment"),
     [
-        ({"data": {"dataset": "digitz"}}, "data.dataset.name", "known: cifar10, digits, femnist, file, mnist"),
+        ({"data": {"dataset": "digitz"}}, "data.dataset.name", "known: cifar10, dialects, digits, femnist, file, mnist"),
         ({"data": {"partitioner": {"name": "dirichlet", "alpha": 0}}}, "data.partitioner.alpha", "must be > 0"),
         ({"data": {"partitioner": {"name": "dirichlet", "alpha": -0.5}}}, "data.partitioner.alpha", "must be > 0"),
         ({"data": {"partitioner": "zipf"}}, "data.partitioner.name", "known: dirichlet, flwr_datasets, iid, natural, "),
-        ({"model": {"name": "resnet"}}, "model.name", "known: cnn, logreg, mlp"),
+        ({"model": {"name": "resnet"}}, "model.name", "known: char_lstm, char_transformer, cnn, logreg, mlp"),
         ({"strategy": {"name": "fedfoo"}}, "strategy.name", "known: apfl, bulyan, ditto, fedadagrad"),
         ({"strategy": {"name": "fedavg", "fraction_train": 1.5}}, "strategy.fraction_train", "(0, 1]"),
         ({"strategy": {"name": "fedavg", "fraction_train": 0.0}}, "strategy.fraction_train", "(0, 1]"),

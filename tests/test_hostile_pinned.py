@@ -92,3 +92,17 @@ def test_a_strategy_constructor_that_raises_is_one_line_then_your_frames(command
     code, lines = cli(args)
     refused(code, lines, "strategy.name", "raised while being built")
     assert own_frames_only(lines[1:]) and len(lines) > 1, lines
+
+
+@pytest.mark.parametrize("evil", ["\u202e", "\x9b", "\u2028", "\x1b[31m"])
+def test_terminal_controls_in_a_key_name_are_shown_escaped(tmp_path: Path, evil: str) -> None:
+    """A bidi override, a C1 CSI, a line separator or an ANSI escape in an unknown key's name
+    (in a file and in --set) reaches the terminal escaped, on one line."""
+    key = '"ke' + "".join(f"\\u{ord(c):04x}" for c in evil) + 'y"'
+    assert "[run]\n" in BASE
+    for args in (["check", scenario(tmp_path, BASE.replace("[run]\n", f"[run]\n{key} = 1\n", 1), name="k.toml")],
+                 ["check", "quickstart", "--set", f"run.{key}=1"]):
+        code, lines = cli(args)
+        assert code == 2 and len(lines) == 1, lines
+        assert evil not in lines[0] and "unknown key" in lines[0], lines[0]
+        assert lines[0].isprintable(), lines[0]

@@ -77,7 +77,7 @@ def test_fedit_reports_its_aggregation_error_each_round() -> None:
 def test_lora_bases_and_their_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"codec\[0\].base = 'warmup': needs \[data.sharing\]"):
         fedsim.run(cfg_with([{"name": "lora"}], data={"sharing": {}}), write=False)
-    with pytest.raises(ConfigError, match=r"codec\[0\].target_modules .* 'fc9' matches no Linear/Conv2d layer"):
+    with pytest.raises(ConfigError, match=r"codec\[0\].target_modules .* 'fc9' matches no Linear/Conv2d/Conv1D layer"):
         fedsim.run(cfg_with([{"name": "lora", "target_modules": ["fc9"]}]), write=False)
     with pytest.raises(ConfigError, match=r"codec\[0\].rank = 10: must be < the width of layer '3' \(10\)"):
         fedsim.run(cfg_with([{"name": "lora", "rank": 10}]), write=False)

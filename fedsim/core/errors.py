@@ -27,10 +27,12 @@ MISSING = _Missing()
 
 
 def _one_line(text: str, limit: int) -> str:
-    """Control characters (a key named "\\n", say) shown escaped, never as line breaks."""
+    """Characters a terminal would act on shown escaped: control characters (a key named
+    "\\n", say; C1 codes such as CSI ``\\x9b``), bidi overrides (U+202E) and other
+    format characters, line and paragraph separators. Never line breaks."""
     text = str(text)
-    if any(ch < " " or ch == "\x7f" for ch in text):
-        text = "".join(ch if ch >= " " and ch != "\x7f" else repr(ch)[1:-1] for ch in text)
+    if not text.isprintable():
+        text = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -1,6 +1,6 @@
 """Dataset registry. Importing this package registers the built-in datasets."""
 
-from fedsim.scenarios.datasets import cifar10, digits, femnist, files, mnist, synthetic  # noqa: F401  (registration)
+from fedsim.scenarios.datasets import cifar10, digits, femnist, files, mnist, synthetic, text  # noqa: F401  (registration)
 from fedsim.scenarios.datasets.base import (
     DATASETS,
     Dataset,
