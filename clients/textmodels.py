@@ -23,9 +23,9 @@ import os
 from typing import Any
 
 import torch
+from fedsim.clients.models import register_model
 from torch import nn
 
-from fedsim.clients.models import register_model
 from fedsim.core.errors import ConfigError
 from fedsim.core.schema import option
 
