@@ -6,10 +6,24 @@ and exit with code 2.
 
 from __future__ import annotations
 
-import argparse
-import logging
+import os
 import signal
 import sys
+
+
+def _terminated_while_starting(signum: int, frame: object) -> None:
+    sys.stderr.write("fedsim: terminated (SIGTERM) while starting; nothing was written\n")
+    sys.stderr.flush()
+    os._exit(143)
+
+
+# Installed before the heavy imports below (seconds on a loaded machine), so a SIGTERM
+# during start-up still ends with one line and exit 143; `main` installs the run's handler.
+if __name__ == "__main__" or os.path.basename(sys.argv[0] if sys.argv else "") == "fedsim":
+    signal.signal(signal.SIGTERM, _terminated_while_starting)
+
+import argparse
+import logging
 import threading
 from pathlib import Path
 

@@ -202,3 +202,21 @@ def test_an_unreachable_ray_address_is_one_line_at_once(address: str, why: str, 
     assert proc.stderr.strip().count("\n") == 0, proc.stderr[-2000:]
     assert proc.stderr.startswith(f"fedsim: error: ray.address = '{address}': nothing answers there ({why}")
     assert time.monotonic() - start < 30
+
+
+def test_sigterm_while_fedsim_is_still_importing_is_one_line_and_exit_143(tmp_path: Path) -> None:
+    """A SIGTERM before the run has started (imports take seconds on a loaded machine) ends
+    with one line and exit 143, not a bare kill, and writes nothing."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "fedsim.cli", "run", "quickstart", "--out", str(tmp_path / "r")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("fedsim: terminated (SIGTERM)"), err
+    assert "Traceback" not in err
