@@ -1,0 +1,106 @@
+"""Character-level text tasks: the generated dialects, LEAF Shakespeare on tiny written
+files, the text models, LoRA on GPT-2 projections and a pretrained base from a local folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedsim.clients import lora
+from fedsim.clients.models import init_model, resolve_model_params
+from fedsim.core.errors import ConfigError
+from fedsim.scenarios.datasets import load_dataset, resolve_dataset_params
+from fedsim.scenarios.datasets.text import LEAF_ALPHABET, windows
+
+
+def test_windows_by_hand() -> None:
+    x, y = windows(np.array([3, 1, 4, 1, 5]), 3)
+    assert x.tolist() == [[3, 1, 4], [1, 4, 1]] and y.tolist() == [1, 5]
+
+
+def dialects(seed: int = 0, **kw: object):
+    return load_dataset("dialects", resolve_dataset_params("dialects", kw, "data.dataset"), seed, 8)
+
+
+def test_dialects_are_seeded_one_group_per_client_and_windows_of_the_text() -> None:
+    a, b, c = dialects(0, samples_per_client=50), dialects(0, samples_per_client=50), dialects(1, samples_per_client=50)
+    assert np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y) and not np.array_equal(a.x, c.x)
+    assert a.x.shape == (400, 16) and a.num_classes == 29 and a.test_x.shape == (800, 16)
+    assert np.bincount(a.groups).tolist() == [50] * 8
+    first = a.x[a.groups == 0]
+    assert np.array_equal(first[1, :-1], first[0, 1:]) and a.y[0] == first[1, -1]  # sliding windows of one text
+
+
+def test_dialects_differ_more_with_spread() -> None:
+    from fedsim.scenarios.datasets.text import _chains
+
+    def gap(spread: float) -> float:
+        ch = _chains(resolve_dataset_params("dialects", {"spread": spread}, "d"), 0)
+        return float(np.abs(ch[0] - ch[1]).sum())
+
+    assert gap(0.0) == 0.0 and gap(0.5) < gap(2.0)
+
+
+def write_leaf(root: Path, text: str = "to be or not to be, that is the question") -> None:
+    for split in ("train", "test"):
+        (root / split).mkdir(parents=True)
+        users = {"HAMLET": text, "OPHELIA": text[::-1]}
+        data = {u: {"x": [t[i:i + 5] for i in range(len(t) - 5)], "y": [t[i + 5] for i in range(len(t) - 5)]}
+                for u, t in users.items()}
+        blob = {"users": list(users), "num_samples": [len(d["y"]) for d in data.values()], "user_data": data}
+        (root / split / "all_data.json").write_text(json.dumps(blob))
+
+
+def test_shakespeare_reads_leaf_json_one_client_per_role(tmp_path: Path) -> None:
+    write_leaf(tmp_path)
+    d = load_dataset("shakespeare", resolve_dataset_params("shakespeare", {"root": str(tmp_path), "seq_len": 5}, "d"), 0, 2)
+    assert d.num_classes == 80 and d.x.shape == (2 * 35, 5) and sorted(set(d.groups.tolist())) == [0, 1]
+    assert "".join(LEAF_ALPHABET[int(i)] for i in d.x[0]) == "to be" and LEAF_ALPHABET[d.y[0]] == " "
+
+
+def test_shakespeare_refuses_a_character_outside_leafs_alphabet_in_one_line(tmp_path: Path) -> None:
+    write_leaf(tmp_path, "to be or not to be \u00e9 that is the question")
+    with pytest.raises(ConfigError) as info:
+        load_dataset("shakespeare", resolve_dataset_params("shakespeare", {"root": str(tmp_path), "seq_len": 5}, "d"), 0, 2)
+    assert "data.dataset.root" in str(info.value) and "not in LEAF's alphabet" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["char_lstm", "char_transformer"])
+def test_text_models_give_next_character_logits(name: str) -> None:
+    model = init_model(name, resolve_model_params(name, {}, "model"), (16,), 29, 0)
+    again = init_model(name, resolve_model_params(name, {}, "model"), (16,), 29, 0)
+    x = torch.randint(0, 29, (3, 16)).float()
+    assert model(x).shape == (3, 29) and torch.equal(model(x), again(x))
+    with pytest.raises(ConfigError, match="windows of character ids"):
+        init_model(name, resolve_model_params(name, {}, "model"), (1, 8, 8), 10, 0)
+
+
+def test_lora_on_gpt2_projections_trains_only_the_adapters_counted_by_hand() -> None:
+    model = init_model("char_transformer", resolve_model_params("char_transformer", {}, "model"), (16,), 29, 0)
+    adapted = lora.wrap(model, lora.LoraParams(rank=4, target_modules=("c_attn", "c_proj", "c_fc"), base="init"), 0)
+    state = lora.trainable_state(adapted)
+    # per block, width 64, rank 4: c_attn 64->192: 4*64 + 192*4; attn c_proj 64->64: 2*256;
+    # c_fc 64->256: 256 + 1024; mlp c_proj 256->64: 1024 + 256 -> 4096; two blocks.
+    assert len(state) == 16 and sum(v.numel() for v in state.values()) == 8192
+    assert all(".lora_A." in k or ".lora_B." in k for k in state)
+
+
+def test_a_pretrained_base_loads_offline_from_a_local_folder(tmp_path: Path) -> None:
+    model = init_model("char_transformer", resolve_model_params("char_transformer", {}, "model"), (16,), 29, 3)
+    model.lm.save_pretrained(tmp_path / "base", safe_serialization=True)
+    loaded = init_model("pretrained", resolve_model_params("pretrained", {"path": str(tmp_path / "base")}, "model"),
+                        (16,), 29, 0)
+    x = torch.randint(0, 29, (2, 16)).float()
+    assert torch.allclose(model(x), loaded(x))
+    with pytest.raises(ConfigError, match="vocabulary"):
+        init_model("pretrained", resolve_model_params("pretrained", {"path": str(tmp_path / "base")}, "model"),
+                   (16,), 80, 0)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no .safetensors"):
+        init_model("pretrained", resolve_model_params("pretrained", {"path": str(tmp_path / "empty")}, "model"),
+                   (16,), 29, 0)
