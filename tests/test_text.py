@@ -104,3 +104,12 @@ def test_a_pretrained_base_loads_offline_from_a_local_folder(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match="no .safetensors"):
         init_model("pretrained", resolve_model_params("pretrained", {"path": str(tmp_path / "empty")}, "model"),
                    (16,), 29, 0)
+
+
+def test_a_corrupt_pretrained_folder_is_one_line(tmp_path: Path) -> None:
+    model = init_model("char_transformer", resolve_model_params("char_transformer", {}, "model"), (16,), 29, 0)
+    model.lm.save_pretrained(tmp_path, safe_serialization=True)
+    (tmp_path / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ConfigError, match="model.path .*not a loadable causal LM") as info:
+        init_model("pretrained", resolve_model_params("pretrained", {"path": str(tmp_path)}, "model"), (16,), 29, 0)
+    assert "\n" not in str(info.value)
