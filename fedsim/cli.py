@@ -11,16 +11,22 @@ import signal
 import sys
 
 
-def _terminated_while_starting(signum: int, frame: object) -> None:
-    sys.stderr.write("fedsim: terminated (SIGTERM) while starting; nothing was written\n")
+def _stopped_while_starting(signum: int, frame: object) -> None:
+    if signum == signal.SIGTERM:
+        sys.stderr.write("fedsim: terminated (SIGTERM) while starting; nothing was written\n")
+    else:
+        sys.stderr.write("fedsim: interrupted while starting; nothing was written\n")
     sys.stderr.flush()
-    os._exit(143)
+    os._exit(128 + signum)
 
 
-# Installed before the heavy imports below (seconds on a loaded machine), so a SIGTERM
-# during start-up still ends with one line and exit 143; `main` installs the run's handler.
-if __name__ == "__main__" or os.path.basename(sys.argv[0] if sys.argv else "") == "fedsim":
-    signal.signal(signal.SIGTERM, _terminated_while_starting)
+# Installed before the heavy imports below (seconds on a loaded machine), so a SIGTERM or
+# Ctrl-C during start-up still ends with one line (exit 143 / 130), not a bare kill or an
+# import traceback; `main` installs the run's handlers.
+_STARTING = __name__ == "__main__" or os.path.basename(sys.argv[0] if sys.argv else "") == "fedsim"
+if _STARTING:
+    signal.signal(signal.SIGTERM, _stopped_while_starting)
+    signal.signal(signal.SIGINT, _stopped_while_starting)
 
 import argparse
 import logging
@@ -123,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
+        if _STARTING:
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C: KeyboardInterrupt, a clean stop
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s fedsim: %(message)s"))
     fedsim_log = logging.getLogger("fedsim")

@@ -139,7 +139,43 @@ def plots(loaded: Loaded) -> list[tuple[str, str]]:
         out.append(_heatmap(plt, loaded, *axes))
     if any(r.get("probe_psnr_mean") is not None for run in loaded.runs for r in run.records):
         out.append(_leakage(plt, loaded))
+    if any((r.get("privacy_epsilon") or 0) > 0 for run in loaded.runs for r in run.records):
+        out.append(_privacy(plt, loaded))
     return out
+
+
+def _privacy(plt: Any, loaded: Loaded) -> tuple[str, str]:
+    """The privacy budget spent so far (ε at the run's δ) per round, beside accuracy: the
+    trade-off a DP study reads (one line per configuration; the mean over seeds)."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (acc_ax, eps_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    groups: dict[str, list[Any]] = {}
+    for run in loaded.runs:
+        groups.setdefault(run.group, []).append(run)
+    for name, runs in groups.items():
+        color = None
+        for ax, key in ((acc_ax, "central_acc"), (eps_ax, "privacy_epsilon")):
+            by_round: dict[int, list[float]] = {}
+            for run in runs:
+                for r in run.records:
+                    if r.get(key) is not None:
+                        by_round.setdefault(int(r["round"]), []).append(float(r[key]))
+            if by_round:
+                xs = sorted(by_round)
+                line = ax.plot(xs, [float(np.mean(by_round[x])) for x in xs], label=name,
+                               **({"color": color} if color else {}))[0]
+                color = color or line.get_color()
+    deltas = sorted({r.get("privacy_delta") for run in loaded.runs for r in run.records if r.get("privacy_delta")})
+    for ax, ylabel in ((acc_ax, "centralized accuracy"),
+                       (eps_ax, "ε spent so far" + (f" (δ = {', '.join(f'{d:g}' for d in deltas)})" if deltas else ""))):
+        ax.set_xlabel("round")
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    acc_ax.legend(fontsize=7)
+    fig.tight_layout()
+    return "Privacy budget (ε) per round, beside accuracy", _png(fig)
 
 
 def _leakage(plt: Any, loaded: Loaded) -> tuple[str, str]:

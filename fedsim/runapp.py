@@ -30,7 +30,7 @@ from fedsim.core.errors import ConfigError
 from fedsim.core.schema import parse
 from fedsim.engine.executors import AppRef, make_executor
 from fedsim.engine.executors.base import load_object
-from fedsim.engine.grid import SimulationGrid
+from fedsim.engine.grid import NodesNeverCome, SimulationGrid
 from fedsim.engine.metrics import Recorder
 from fedsim.engine.policies import RoundSection
 from fedsim.engine.system import SystemModel
@@ -161,6 +161,10 @@ def run_app(path: str | Path, *, run_config: Iterable[str] = (), num_supernodes:
         try:
             with ResultTap(recorder).installed(), legacybatch.batched():
                 server_app(grid, context)
+        except KeyboardInterrupt:
+            if grid.stalled:  # the grid stopped a legacy ServerApp that waited for nodes forever
+                raise NodesNeverCome.of(grid.num_nodes) from None
+            raise
         finally:
             ex.shutdown()
             recorder.flush()

@@ -6,6 +6,7 @@ The toy ClientApp (tests/apps/toy.py) replies ``w + 1`` and ``value = partition 
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -148,9 +149,50 @@ def test_push_pull_and_grid_api() -> None:
 def test_waiting_for_nodes_that_never_come_fails_fast_instead_of_hanging() -> None:
     grid, _ = make_grid(3)
     start = time.monotonic()
-    with pytest.raises(RuntimeError, match="this simulation has 3"):
+    with pytest.raises(RuntimeError, match=r"simulated nodes = 3: the strategy keeps waiting for more"):
         FedAvg(min_available_nodes=10).start(grid=grid, initial_arrays=initial(), num_rounds=1)
     assert time.monotonic() - start < 15
+
+
+def _poll_from_a_helper_thread(grid: SimulationGrid, polls: int, gap: float) -> threading.Thread:
+    """What Flower's legacy client manager does: a daemon thread refreshing the node list."""
+    def refresh() -> None:
+        for _ in range(polls):
+            grid.get_node_ids()
+            time.sleep(gap)
+
+    thread = threading.Thread(target=refresh, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_helper_thread_polls_while_the_server_app_computes_are_no_stall(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long protocol stage (SecAgg+ unmasking 100 clients) between two messages: the
+    legacy refresher keeps polling, and that is no reason to stop the run."""
+    import fedsim.engine.grid as grid_module
+
+    monkeypatch.setattr(grid_module, "_STALL_GAP_S", 0.01)
+    grid, _ = make_grid(3)
+    thread = _poll_from_a_helper_thread(grid, polls=8, gap=0.03)
+    busy = 0
+    while thread.is_alive():  # computing, not waiting
+        busy += 1
+    assert busy > 0 and grid.stalled is False
+
+
+def test_a_legacy_server_app_waiting_forever_for_nodes_is_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ServerApp's thread blocked in a wait while the refresher finds no new node: the
+    grid interrupts it and says why (run_app turns that into the one-line error)."""
+    import fedsim.engine.grid as grid_module
+
+    monkeypatch.setattr(grid_module, "_STALL_GAP_S", 0.01)
+    grid, _ = make_grid(3)
+    cv = threading.Condition()
+    _poll_from_a_helper_thread(grid, polls=8, gap=0.03)
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt), cv:
+        cv.wait(timeout=30)  # a legacy ClientManager.wait_for(min_available_clients)
+    assert grid.stalled is True and time.monotonic() - start < 10
 
 
 def test_two_messages_for_one_node_run_in_order_with_its_state() -> None:

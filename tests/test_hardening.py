@@ -100,11 +100,13 @@ def _group_processes(pgid: int) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("executor, delay", [("serial", 4.0), ("ray", 3.0), ("ray", 7.0)])
+@pytest.mark.parametrize("executor, delay, sig", [("serial", 4.0, "SIGTERM"), ("ray", 3.0, "SIGTERM"),
+                                                  ("ray", 7.0, "SIGTERM"), ("serial", 4.0, "SIGINT"),
+                                                  ("ray", 3.0, "SIGINT"), ("ray", 7.0, "SIGINT")])
 def test_sigterm_stops_a_run_at_any_point_and_leaves_no_ray_process(tmp_path: Path, executor: str,
-                                                                    delay: float) -> None:
-    """SIGTERM while Ray starts, or during rounds: exit 143 with one last line, Ray's
-    processes gone (Ray's own graceful shutdown takes 1-3 s of that)."""
+                                                                    delay: float, sig: str) -> None:
+    """SIGTERM or SIGINT (Ctrl-C) while Ray starts, or during rounds: exit 143 / 130 with one
+    last line, Ray's processes gone (Ray's own graceful shutdown takes 1-3 s of that)."""
     import os
     import signal
     import subprocess
@@ -118,11 +120,12 @@ def test_sigterm_stops_a_run_at_any_point_and_leaves_no_ray_process(tmp_path: Pa
     try:
         time.sleep(delay)
         sent = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(getattr(signal, sig))
         _, err = proc.communicate(timeout=60)
         took = time.monotonic() - sent
-        assert proc.returncode == 143, err[-2000:]
-        assert err.strip().splitlines()[-1].startswith("fedsim: terminated (SIGTERM)"), err[-2000:]
+        assert proc.returncode == (143 if sig == "SIGTERM" else 130), err[-2000:]
+        last = "fedsim: terminated (SIGTERM)" if sig == "SIGTERM" else "fedsim: interrupted"
+        assert err.strip().splitlines()[-1].startswith(last), err[-2000:]
         assert "Traceback" not in err
         assert took < (2 if executor == "serial" else 15), took
         time.sleep(1.0)
@@ -152,15 +155,36 @@ def _listeners(pgid: int) -> dict[str, set[str]]:
     return out
 
 
+def _this_machines_address() -> str:
+    """An IPv4 address of this machine beyond loopback ("" when it has none)."""
+    import socket
+
+    import psutil
+
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family == socket.AF_INET and not a.address.startswith("127."):
+                return str(a.address)
+    return ""
+
+
 @pytest.mark.slow
-def test_a_local_ray_run_listens_on_loopback_only(tmp_path: Path) -> None:
+@pytest.mark.parametrize("host", ["", "this machine"])
+def test_a_local_ray_run_listens_on_loopback_only(tmp_path: Path, host: str) -> None:
+    """By default every Ray process listens on loopback only; ``ray.host`` set to one of the
+    machine's addresses is the explicit way out (Ray then listens there: multi-machine use)."""
     import signal
     import subprocess
     import sys
     import time
 
+    if host:
+        host = _this_machines_address()
+        if not host:
+            pytest.skip("this machine has no address beyond loopback")
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen([sys.executable, "-m", "fedsim.cli", "run", "quickstart", "--set", "executor.name=ray",
+                             "--set", f'ray.host="{host}"',
                              "--set", "run.rounds=300", "--set", "report.progress=false", "--out", str(tmp_path / "r")],
                             cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     seen: dict[str, set[str]] = {}
@@ -183,7 +207,11 @@ def test_a_local_ray_run_listens_on_loopback_only(tmp_path: Path) -> None:
     assert {"gcs_server", "raylet"} <= set(seen), seen  # the listing saw Ray's servers
     assert sum(len(v) for v in seen.values()) >= 4, seen
     beyond = {name: ips - LOOPBACK_IPS for name, ips in seen.items() if ips - LOOPBACK_IPS}
-    assert not beyond, f"listening beyond loopback: {beyond}"
+    if not host:
+        assert not beyond, f"listening beyond loopback: {beyond}"
+    else:  # the setting is honoured: Ray's servers are reachable on the named address
+        assert {"gcs_server", "raylet"} <= set(beyond), seen
+        assert all(ips & {host, "0.0.0.0"} for ips in beyond.values()), beyond
 
 
 @pytest.mark.parametrize("address, why", [("127.0.0.1:1", "Connection refused"), ("ray://127.0.0.1:1", "Connection refused"),
@@ -204,7 +232,7 @@ def test_an_unreachable_ray_address_is_one_line_at_once(address: str, why: str, 
     assert time.monotonic() - start < 30
 
 
-def test_sigterm_while_fedsim_is_still_importing_is_one_line_and_exit_143(tmp_path: Path) -> None:
+def test_sigterm_or_ctrl_c_while_fedsim_is_still_importing_is_one_line(tmp_path: Path) -> None:
     """A SIGTERM before the run has started (imports take seconds on a loaded machine) ends
     with one line and exit 143, not a bare kill, and writes nothing."""
     import signal
@@ -220,3 +248,13 @@ def test_sigterm_while_fedsim_is_still_importing_is_one_line_and_exit_143(tmp_pa
     assert proc.returncode == 143, err[-2000:]
     assert err.strip().splitlines()[-1].startswith("fedsim: terminated (SIGTERM)"), err
     assert "Traceback" not in err
+    # Ctrl-C at the same moment: one line, exit 130, no import traceback.
+    proc = subprocess.Popen([sys.executable, "-m", "fedsim.cli", "run", "quickstart", "--out", str(tmp_path / "r")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("fedsim: interrupted"), err
+    assert "Traceback" not in err
+    assert not (tmp_path / "r").exists()

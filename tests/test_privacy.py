@@ -60,6 +60,14 @@ def test_server_side_dp_run_reports_epsilon_every_round(tmp_path: Path) -> None:
 
     rows = compare.summarize(compare.load([str(tmp_path / "run")]), 0.5)
     assert rows[0]["epsilon_mean"] == pytest.approx(expected[-1])
+    assert dict(compare.METRIC_COLUMNS)["epsilon"](rows[0]) == f"{expected[-1]:.3g}"
+    # The HTML report: the final ε in its table, and ε per round as a plot beside accuracy.
+    from fedsim.cli import write_report
+
+    html_path, _ = write_report([str(tmp_path / "run")], 0.5, None)
+    page = html_path.read_text()
+    assert f"<td>{expected[-1]:.3g}</td>" in page
+    assert "<h2>Privacy budget (ε) per round, beside accuracy</h2><img" in page
 
 
 def test_the_budget_stops_a_run_before_the_round_that_would_exceed_it(tmp_path: Path) -> None:

@@ -160,15 +160,20 @@ def test_codecs_are_deterministic_on_both_executors(chain: list) -> None:
     assert [without_wall(r) for r in serial.history] == [without_wall(r) for r in ray_run.history]
 
 
-def test_attack_probes_run_on_the_actors_with_the_same_results() -> None:
+@pytest.mark.parametrize("attack", [{"name": "inverting_gradients", "iterations": 100, "restarts": 1},
+                                    {"name": "idlg", "outer_steps": 5, "restarts": 1},
+                                    {"name": "dlg", "outer_steps": 5, "restarts": 2},
+                                    {"name": "analytic"}], ids=lambda a: a["name"])
+def test_attack_probes_run_on_the_actors_with_the_same_results(attack: dict) -> None:
     cfg = tiny_config(run={"rounds": 2}, model={"name": "mlp", "hidden": [32]},
                       client={"local_steps": 1, "batch_size": 1, "lr": 0.1},
                       strategy={"name": "fedavg", "fraction_train": 0.5, "fraction_evaluate": 0.0},
-                      probe={"attack": {"name": "inverting_gradients", "iterations": 100, "restarts": 1}, "clients": 2})
+                      probe={"attack": attack, "clients": 2})
     serial = fedsim.run(cfg, write=False)
     ray_run = fedsim.run(cfg.replace(["executor.name=ray", "ray.num_actors=2"]), write=False)
     assert [without_wall(r) for r in serial.history] == [without_wall(r) for r in ray_run.history]
     assert all(r["probes"] == 2 for r in serial.history[1:])
+    assert all(r["probe_psnr_mean"] is not None for r in serial.history[1:])
 
 
 def test_resource_tiers_route_clients_to_their_own_actors_with_serial_numbers(monkeypatch) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -29,6 +31,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedsim.clients.codecs import CodecContext, Pipeline
 from fedsim.clients.codecs.transport import decode_reply, is_encoded, reference_arrays
 from fedsim.core import keys, seeding
+from fedsim.core.errors import ConfigError
 from fedsim.core.arrays import array_view
 from fedsim.core.records import arrays_of, configs_of, metrics_of, payload_bytes
 from fedsim.engine.clock import VirtualClock
@@ -54,6 +57,24 @@ NODE_ID_OFFSET = 1_000_000
 # list before every call, or long computations between messages, do not count.)
 _STALL_POLLS = 3
 _STALL_GAP_S = 0.8
+
+
+class NodesNeverCome(ConfigError, RuntimeError):
+    """The strategy waits for more nodes than the simulation has (one line)."""
+
+    @classmethod
+    def of(cls, nodes: int) -> NodesNeverCome:
+        return cls("simulated nodes", nodes, "the strategy keeps waiting for more; lower its min_available_nodes / "
+                   "min_train_nodes / min_evaluate_nodes (legacy strategies: min_available_clients / "
+                   "min_fit_clients / min_evaluate_clients), or simulate more nodes")
+
+
+def _thread_waits(ident: int) -> bool:
+    """Whether thread ``ident`` is blocked in a ``threading`` wait (a legacy client manager
+    waiting for nodes), rather than computing (a long protocol stage between messages)."""
+    frame = sys._current_frames().get(ident)
+    return frame is not None and frame.f_code.co_name in ("wait", "wait_for") and \
+        frame.f_code.co_filename.endswith("threading.py")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,6 +246,8 @@ class SimulationGrid(Grid):
         self._exchanges = 0
         self._seeded_for = -1
         self._polls: list[float] = []  # wall times of get_node_ids() calls since the last push
+        self._owner = threading.get_ident()  # the ServerApp's thread
+        self.stalled = False  # set once a helper thread saw the ServerApp wait for nodes forever
         self._last_round = 0
 
     # ----------------------------------------------------------------- checkpoints
@@ -295,13 +318,28 @@ class SimulationGrid(Grid):
         if self._seeded_for != self._exchanges:
             self._seeded_for = self._exchanges
             seeding.seed_python_random(self.seed, self._exchanges, "sampling")
+        self._watch_for_a_stall()
+        return list(self._node_ids)
+
+    def _watch_for_a_stall(self) -> None:
+        """Polls spaced like a sampler's sleep, with nothing sent, mean the strategy waits for
+        nodes that never come: the ServerApp's own thread gets a one-line error. Polls from a
+        helper thread (Flower's legacy client manager refreshes its node list every 5 s) count
+        only while the ServerApp's thread is blocked waiting, not while it computes; then that
+        thread is interrupted (SIGINT, when it is the main thread) and ``stalled`` says why."""
+        helper = threading.get_ident() != self._owner
+        if helper and not _thread_waits(self._owner):
+            self._polls = []
+            return
         self._polls = [*self._polls[-_STALL_POLLS:], time.monotonic()]
         gaps = [b - a for a, b in zip(self._polls, self._polls[1:])]
-        if len(gaps) >= _STALL_POLLS and all(g >= _STALL_GAP_S for g in gaps[-_STALL_POLLS:]):
-            raise RuntimeError(
-                f"the strategy keeps waiting for more nodes, but this simulation has {self.num_nodes}; "
-                "lower its min_available_nodes / min_train_nodes / min_evaluate_nodes")
-        return list(self._node_ids)
+        if len(gaps) < _STALL_POLLS or not all(g >= _STALL_GAP_S for g in gaps[-_STALL_POLLS:]):
+            return
+        if not helper:
+            raise NodesNeverCome.of(self.num_nodes)
+        if not self.stalled and self._owner == threading.main_thread().ident:
+            self.stalled = True
+            signal.pthread_kill(self._owner, signal.SIGINT)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         with self._lock:
