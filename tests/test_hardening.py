@@ -211,7 +211,7 @@ def test_a_local_ray_run_listens_on_loopback_only(tmp_path: Path, host: str) -> 
         assert not beyond, f"listening beyond loopback: {beyond}"
     else:  # the setting is honoured: Ray's servers are reachable on the named address
         assert {"gcs_server", "raylet"} <= set(beyond), seen
-        assert all(ips & {host, "0.0.0.0"} for ips in beyond.values()), beyond
+        assert all(ips & {host, "0.0.0.0", "::"} for ips in beyond.values()), beyond
 
 
 @pytest.mark.parametrize("address, why", [("127.0.0.1:1", "Connection refused"), ("ray://127.0.0.1:1", "Connection refused"),
