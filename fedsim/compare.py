@@ -93,6 +93,14 @@ def to_target(records: list[dict[str, Any]], target: float, key: str = "central_
     return None, None
 
 
+def energy_to_target(records: list[dict[str, Any]], target: float, key: str = "central_acc") -> float | None:
+    """The clients' energy spent (joules) up to the first round whose accuracy reaches ``target``."""
+    for r in records:
+        if r.get(key) is not None and r[key] >= target:
+            return None if r.get("energy_total_j") is None else float(r["energy_total_j"])
+    return None
+
+
 def summarize(loaded: Loaded, target: float) -> list[dict[str, Any]]:
     groups: dict[str, list[Run]] = {}
     for run in loaded.runs:
@@ -109,6 +117,7 @@ def summarize(loaded: Loaded, target: float) -> list[dict[str, Any]]:
         rounds = [t[0] for t in reach if t[0] is not None]
         clocked = any((r.summary.get("virtual_time_s") or 0) > 0 for r in runs)  # else no virtual clock
         vtimes = [t[1] for t in reach if t[1] is not None] if clocked else []
+        joules = [j for j in (energy_to_target(r.records, target, key) for r in runs) if j is not None]
         psnr = [x["probe_psnr_mean"] for r in runs for x in r.records if x.get("probe_psnr_mean") is not None]
         fm, fs = _mean_std(finals)
         bm, bs = _mean_std(bests)
@@ -124,6 +133,8 @@ def summarize(loaded: Loaded, target: float) -> list[dict[str, Any]]:
             "virtual_time_s_mean": (statistics.mean(r.summary.get("virtual_time_s") or 0.0 for r in runs)
                                     if clocked else None),
             "probe_psnr_mean": statistics.mean(psnr) if psnr else None,
+            "energy_j_mean": _mean_std([r.summary.get("energy_j") for r in runs])[0],
+            "energy_j_to_target": statistics.mean(joules) if joules else None,
             "epsilon_mean": _mean_std([r.summary.get("privacy_epsilon") for r in runs])[0],
             "client_acc_mean": _mean_std([r.summary.get("final_client_acc_mean") for r in runs])[0],
             "client_acc_p10_mean": _mean_std([r.summary.get("final_client_acc_p10") for r in runs])[0],
@@ -139,6 +150,7 @@ def summarize(loaded: Loaded, target: float) -> list[dict[str, Any]]:
                          "best_acc_mean": None, "best_acc_std": None, "target": target, "reached": 0,
                          "rounds_to_target": None, "virtual_s_to_target": None, "bytes_up_mean": None, "bytes_total_mean": None,
                          "virtual_time_s_mean": None, "probe_psnr_mean": None, "epsilon_mean": None,
+                         "energy_j_mean": None, "energy_j_to_target": None,
                          "client_acc_mean": None, "client_acc_p10_mean": None, "client_acc_worst_mean": None,
                          "client_failures": 0,
                          "failed_cells": sum(1 for g in loaded.failed if g["label"] == f["label"]), "point": f["point"]})
@@ -147,7 +159,7 @@ def summarize(loaded: Loaded, target: float) -> list[dict[str, Any]]:
 
 CSV_FIELDS = ["config", "seeds", "final_acc_mean", "final_acc_std", "best_acc_mean", "best_acc_std", "target",
               "reached", "rounds_to_target", "virtual_s_to_target", "bytes_up_mean", "bytes_total_mean", "virtual_time_s_mean",
-              "probe_psnr_mean", "epsilon_mean", "client_acc_mean", "client_acc_p10_mean", "client_acc_worst_mean",
+              "probe_psnr_mean", "energy_j_mean", "energy_j_to_target", "epsilon_mean", "client_acc_mean", "client_acc_p10_mean", "client_acc_worst_mean",
               "client_failures",
               "failed_cells", "accuracy"]
 
@@ -190,6 +202,9 @@ METRIC_COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("MB up", lambda r: _mb(r["bytes_up_mean"])),
     ("MB total", lambda r: _mb(r["bytes_total_mean"])),
     ("leakage PSNR dB", lambda r: fmt(r["probe_psnr_mean"], ".1f")),
+    ("energy kJ", lambda r: fmt(None if r.get("energy_j_mean") is None else r["energy_j_mean"] / 1e3, ".3f")),
+    ("kJ to target", lambda r: fmt(None if r.get("energy_j_to_target") is None else r["energy_j_to_target"] / 1e3,
+                                   ".3f")),
     ("epsilon", lambda r: fmt(r.get("epsilon_mean"), ".3g")),
     ("client acc mean / p10 / worst", lambda r: f"{fmt(r.get('client_acc_mean'), '.3f')} / "
                                                 f"{fmt(r.get('client_acc_p10_mean'), '.3f')} / "
@@ -208,6 +223,13 @@ def label_columns(rows: list[dict[str, Any]]) -> tuple[list[str], Callable[[dict
     return ["configuration"], lambda r: [r["config"]]
 
 
+def shown_columns(rows: list[dict[str, Any]]) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
+    """The metric columns with something to show: a column that is "-" in every row (no
+    probe, no DP, no energy model, no per-client evaluation) is left out."""
+    empty = {"-", "- / - / -"}
+    return [(c, cell) for c, cell in METRIC_COLUMNS if not rows or any(cell(r) not in empty for r in rows)]
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -216,10 +238,11 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     headers, labels = label_columns(rows)
     for col in headers:
         table.add_column(col, justify="left", overflow="fold")
-    for col, _ in METRIC_COLUMNS:
+    columns = shown_columns(rows)
+    for col, _ in columns:
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(*labels(r), *(cell(r) for _, cell in METRIC_COLUMNS))
+        table.add_row(*labels(r), *(cell(r) for _, cell in columns))
     console = Console()
     if not console.is_terminal:  # piped or captured: do not squeeze the table to 80 columns
         console = Console(width=200)

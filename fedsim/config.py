@@ -41,6 +41,7 @@ from fedsim.report import ReportSection
 from fedsim.scenarios.attacks.probe import ProbeSection
 from fedsim.scenarios.byzantine import ByzantineSection, check_app
 from fedsim.scenarios.devices import DevicesSection
+from fedsim.scenarios.energy import EnergySection
 from fedsim.scenarios.faults import FaultsSection
 from fedsim.scenarios.federation import DataSection
 from fedsim.scenarios.network import NetworkSection
@@ -105,6 +106,7 @@ class Config:
     server: ServerSection = ServerSection()
     devices: DevicesSection = DevicesSection()
     network: NetworkSection = NetworkSection()
+    energy: EnergySection = EnergySection()
     round: RoundSection = RoundSection()
     selection: SelectionSection = SelectionSection()
     codec: tuple[Named, ...] = named_list("codec", "fedsim.clients.codecs:resolve_codec", "fedsim.clients.codecs:check_chain")

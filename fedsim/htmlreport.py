@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.compare import METRIC_COLUMNS, Loaded, label_columns
+from fedsim.compare import Loaded, label_columns, shown_columns
 from fedsim.sweep import describe
 
 
@@ -100,10 +100,13 @@ def plots(loaded: Loaded) -> list[tuple[str, str]]:
     panels = _panels(loaded)
     faceted = len(panels) > 1
     out = []
-    has_time = any((r.summary.get("virtual_time_s") or 0) > 0 for r in loaded.runs)
+    has = {"round": True,
+           "virtual_time_s": any((r.summary.get("virtual_time_s") or 0) > 0 for r in loaded.runs),
+           "energy_total_j": any(r.summary.get("energy_j") is not None for r in loaded.runs)}
     for x_key, xlabel, title in (("round", "round", "Centralized accuracy vs round"),
-                                 ("virtual_time_s", "virtual time (s)", "Centralized accuracy vs virtual time")):
-        if x_key == "virtual_time_s" and not has_time:
+                                 ("virtual_time_s", "virtual time (s)", "Centralized accuracy vs virtual time"),
+                                 ("energy_total_j", "clients' energy so far (J)", "Centralized accuracy vs energy")):
+        if not has[x_key]:
             continue
         ncols = min(3, len(panels))
         nrows = math.ceil(len(panels) / ncols)
@@ -265,11 +268,12 @@ def write(loaded: Loaded, rows: list[dict[str, Any]], path: Path, sources: list[
              f"Generated {dt.datetime.now():%Y-%m-%d %H:%M}.</p>", "<h2>Summary</h2>", "<table>",
              ]
     headers, labels = label_columns(rows)
+    columns = shown_columns(rows)
     parts.append("<tr>" + "".join(f"<th class=label>{e(h)}</th>" for h in headers)
-                 + "".join(f"<th>{e(c)}</th>" for c, _ in METRIC_COLUMNS) + "</tr>")
+                 + "".join(f"<th>{e(c)}</th>" for c, _ in columns) + "</tr>")
     for r in rows:
         cls = " class='failed'" if r["failed_cells"] else ""
-        cells = [*labels(r), *(cell(r) for _, cell in METRIC_COLUMNS)]
+        cells = [*labels(r), *(cell(r) for _, cell in columns)]
         parts.append(f"<tr{cls}>" + "".join(f"<td{' class=label' if i < len(headers) else ''}>{e(c)}</td>"
                                              for i, c in enumerate(cells)) + "</tr>")
     parts.append("</table>")

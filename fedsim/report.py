@@ -160,6 +160,7 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "bytes_shared": sum(r.get("bytes_shared", 0) for r in records),
         "client_failures": sum(len(r["failures"]) for r in records),
         "virtual_time_s": last.get("virtual_time_s", 0.0),
+        "energy_j": next((r["energy_total_j"] for r in reversed(records) if r.get("energy_total_j") is not None), None),
         "privacy_epsilon": next((r["privacy_epsilon"] for r in reversed(records) if r.get("privacy_epsilon") is not None),
                                 None),
         "privacy_delta": next((r["privacy_delta"] for r in reversed(records) if r.get("privacy_delta") is not None),

@@ -37,6 +37,7 @@ from fedsim.engine.system import SystemModel
 from fedsim.progress import RoundProgress
 from fedsim.runner import flower_log_level, torch_threads
 from fedsim.scenarios.devices import DevicesSection
+from fedsim.scenarios.energy import EnergySection
 from fedsim.scenarios.network import NetworkSection
 
 log = logging.getLogger("fedsim")
@@ -86,12 +87,13 @@ def read_app(path: str | Path) -> FlowerApp:
 
 
 def load_system(path: str | Path, num_nodes: int, seed: int) -> SystemModel:
-    """The devices, links and round policy of a scenario file or preset (other sections are ignored)."""
+    """The devices, links, energy and round policy of a scenario file or preset (other sections are ignored)."""
     raw = load_toml(resolve_scenario(path))
-    sections = {key: raw.get(key, {}) for key in ("devices", "network", "round")}
+    sections = {key: raw.get(key, {}) for key in ("devices", "network", "round", "energy")}
     return SystemModel(parse(DevicesSection, sections["devices"], "devices"),
                        parse(NetworkSection, sections["network"], "network"),
-                       parse(RoundSection, sections["round"], "round"), num_nodes, seed)
+                       parse(RoundSection, sections["round"], "round"), num_nodes, seed,
+                       energy=parse(EnergySection, sections["energy"], "energy"))
 
 
 def fused_run_config(app: FlowerApp, items: Iterable[str]) -> dict[str, Any]:

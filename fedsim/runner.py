@@ -126,7 +126,7 @@ def check(config: Config | str | Path, overrides: Iterable[str] = ()) -> dict[st
         assert setup.strategy is not None
         check_checkpointable(cfg, setup.strategy)
         SystemModel(cfg.devices, cfg.network, cfg.round, cfg.data.num_clients, cfg.run.seed,
-                    local_epochs=cfg.client.local_epochs)
+                    local_epochs=cfg.client.local_epochs, energy=cfg.energy)
         build_pipeline(cfg.codec)
         make_app_ref(cfg)[0].load()
         if cfg.probe.enabled:
@@ -297,7 +297,7 @@ def _observers(cfg: Config, out: Path | None, writer: report.RunWriter | None, p
 def _engine(cfg: Config, recorder: Recorder) -> tuple[Any, SimulationGrid]:
     executor = make_executor(cfg.executor.name, **_executor_kwargs(cfg))
     system = SystemModel(cfg.devices, cfg.network, cfg.round, cfg.data.num_clients, cfg.run.seed,
-                         local_epochs=cfg.client.local_epochs)
+                         local_epochs=cfg.client.local_epochs, energy=cfg.energy)
     grid = SimulationGrid(cfg.data.num_clients, executor, seed=cfg.run.seed, observer=recorder.on_exchange,
                           system=system, codec=build_pipeline(cfg.codec))
     grid.selection = cfg.selection.make(cfg.round.deadline)

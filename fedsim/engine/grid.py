@@ -115,6 +115,7 @@ class Exchange:
     partial: int = 0  # stragglers told to do fewer local epochs (FedProx's protocol)
     decode_seconds: float = 0.0  # wall seconds decoding codec payloads
     released: tuple[int, ...] = ()  # partition ids whose reply reached the server (kept or late)
+    energy_j: float | None = None  # the clients' energy, joules (None: no [energy] model)
 
 
 def non_finite(content: RecordDict) -> str | None:
@@ -577,7 +578,8 @@ class SimulationGrid(Grid):
             corrupted=c.get("corrupted", 0), retransmissions=c.get("retransmissions", 0),
             packets_lost=c.get("packets_lost", 0), packets_lost_for_good=c.get("packets_lost_for_good", 0),
             bit_flips=c.get("bit_flips", 0), over_selected=extra, partial=c.get("partial", 0),
-            decode_seconds=sim.decode_seconds, released=released))
+            decode_seconds=sim.decode_seconds, released=released,
+            energy_j=sim.energy_j if self.system.energy is not None else None))
 
     def _simulate(self, phase: str, rnd: int, items: list[tuple[str, Message]], starts: list[float],
                   deadline: float | None, drop_stragglers: bool, stream: str = "") -> _Simulated:
@@ -622,6 +624,7 @@ class SimulationGrid(Grid):
             if d.down is not None:
                 sim.bytes_down += down_bytes
                 _count_transfer(sim.counts, d.down)
+            sim.energy_j += d.energy_j
             if d.status != OK:
                 _add(sim.counts, d.status, 1)
                 continue
@@ -666,6 +669,7 @@ class SimulationGrid(Grid):
                 reply = error_reply(task.message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                                     f"reply excluded: non-finite values in {bad}")
         a = system.arrive(job.cid, rnd, job.purpose, task.message, reply, job.dispatch)
+        sim.energy_j += a.energy_j
         if a.up is not None:
             _count_transfer(counts, a.up)
         _add(counts, "bit_flips", a.bit_flips)
@@ -760,6 +764,7 @@ class _Simulated:
     bytes_up: int
     seconds: float  # wall seconds inside ClientApps
     decode_seconds: float = 0.0  # wall seconds decoding payloads on the server side
+    energy_j: float = 0.0  # the clients' energy (with an [energy] model)
 
 
 def _count_transfer(counts: dict[str, int], transfer: Any) -> None:

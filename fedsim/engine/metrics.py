@@ -214,6 +214,11 @@ class Recorder:
             wall_decode_s=sum(e.decode_seconds for e in exs),
             wall_probe_s=0.0,
         )
+        energies = [e.energy_j for e in exs if e.energy_j is not None]
+        if energies:  # an [energy] model: this round's joules and the run's so far (resumed runs included)
+            before = self.records[-1].get("energy_total_j", 0.0) if self.records else 0.0
+            rec.extra["energy_j"] = float(sum(energies))
+            rec.extra["energy_total_j"] = float(before + sum(energies))
         for fn in self.train_metrics:
             rec.extra.update(fn(train_replies))
         if self.client_metrics:

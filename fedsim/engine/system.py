@@ -22,6 +22,7 @@ from fedsim.engine.executors.base import error_reply
 from fedsim.engine.payload import fill_missing, flip_bits, implausible, missing_values
 from fedsim.engine.policies import RoundSection
 from fedsim.scenarios.devices import DeviceModel, DevicesSection
+from fedsim.scenarios.energy import EnergyModel, EnergySection, Use, sent_bytes
 from fedsim.scenarios.network import LinkModel, NetworkSection, Transfer
 
 # Outcome statuses
@@ -41,6 +42,8 @@ class Dispatch:
     down: Transfer | None
     seconds_per_sample: float
     budget: float | None = None  # partial_work: compute seconds the client may use
+    down_bytes: float = 0.0  # bytes on the air for the download (retransmissions included)
+    energy_j: float = 0.0  # a client that never trained: its download and the radio's tail
 
 
 @dataclasses.dataclass
@@ -52,12 +55,14 @@ class Arrival:
     up: Transfer | None
     bit_flips: int = 0
     reason: str = ""
+    energy_j: float = 0.0  # the client's, for this message (download, compute, upload, tails)
 
 
 class SystemModel:
     def __init__(self, devices: DevicesSection, network: NetworkSection, rounds: RoundSection, num_clients: int,
-                 seed: int, local_epochs: int = 1) -> None:
+                 seed: int, local_epochs: int = 1, energy: EnergySection | None = None) -> None:
         self.devices = DeviceModel(devices, num_clients, seed)
+        self.energy = EnergyModel(energy, num_clients, seed) if energy is not None and energy.enabled else None
         self.links = LinkModel(network, num_clients, seed)
         self.rounds = rounds
         self.policy = rounds.make()
@@ -91,38 +96,53 @@ class SystemModel:
         if not self.devices.online(cid, rnd, now, purpose):
             return Dispatch(UNAVAILABLE, None, spp)
         down = self.links.transfer(cid, down_bytes, "down", rnd, purpose)
+        air = sent_bytes(down_bytes, down.packets, down.sent)
         if not down.complete:
-            return Dispatch(MODEL_LOST, down, spp)
+            return Dispatch(MODEL_LOST, down, spp, down_bytes=air, energy_j=self._joules(cid, Use(air, down.seconds)))
         if self.devices.drops_out(cid, rnd, purpose):
-            return Dispatch(DROPOUT, down, spp)
+            return Dispatch(DROPOUT, down, spp, down_bytes=air, energy_j=self._joules(cid, Use(air, down.seconds)))
         budget = None
         if self.policy.gives_budget and deadline is not None and phase.startswith("train"):
             # The client is told how long it may compute: the deadline minus the model's
             # download and an estimate of the reply's upload (a reply the model's size).
             up_estimate = float(self.links.latency[cid]) + down_bytes / float(self.links.up_bps[cid])
             budget = max(0.0, deadline - down.seconds - up_estimate)
-        return Dispatch(OK, down, spp, budget)
+        return Dispatch(OK, down, spp, budget, down_bytes=air)
+
+    def _joules(self, cid: int, use: Use) -> float:
+        return self.energy.joules(cid, use) if self.energy is not None else 0.0
+
+    def _spent(self, cid: int, d: Dispatch, compute: float, up: Transfer | None, up_bytes: int) -> float:
+        """The client's energy for one message that ran: download, compute, upload, tails."""
+        if self.energy is None:
+            return 0.0
+        use = Use(d.down_bytes, d.down.seconds if d.down is not None else 0.0, compute,
+                  sent_bytes(up_bytes, up.packets, up.sent) if up is not None else 0.0,
+                  up.seconds if up is not None else 0.0, uploaded=up is not None)
+        return self.energy.joules(cid, use)
 
     # ------------------------------------------------------------- after running
     def arrive(self, cid: int, rnd: int, purpose: str, sent: Message, reply: Message, d: Dispatch) -> Arrival:
         down_s = d.down.seconds if d.down is not None else 0.0
         if reply.has_error():
             up = self.links.transfer(cid, 0, "up", rnd, purpose)
-            return Arrival(ERROR, reply, down_s + up.seconds, 0.0, up)
+            return Arrival(ERROR, reply, down_s + up.seconds, 0.0, up, energy_j=self._spent(cid, d, 0.0, up, 0))
         compute = examples_processed(reply.content) * d.seconds_per_sample
         content = reply.content
-        up = self.links.transfer(cid, payload_bytes(content), "up", rnd, purpose)
+        up_bytes = payload_bytes(content)
+        up = self.links.transfer(cid, up_bytes, "up", rnd, purpose)
         arrival = down_s + compute + up.seconds
+        energy = self._spent(cid, d, compute, up, up_bytes)
         if not up.complete:
             if self.net.on_loss == "drop":
-                return Arrival(REPLY_LOST, None, math.inf, compute, up)
+                return Arrival(REPLY_LOST, None, math.inf, compute, up, energy_j=energy)
             missing = missing_values(content, up.lost, self.net.packet_bytes)
             filled = fill_missing(content, missing, sent.content) if self.net.fill == "global" else None
             if filled is None:
                 why = (f"reply excluded: {len(up.lost)} packet(s) lost for good"
                        + (" and no matching global array to fill from" if self.net.fill == "global" else ""))
                 return Arrival(ERROR, error_reply(sent, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, why), arrival, compute,
-                               up, reason=why)
+                               up, reason=why, energy_j=energy)
             content = filled
         flips = 0
         if self.net.bit_error_rate > 0:
@@ -132,10 +152,10 @@ class SystemModel:
             if bad is not None:
                 why = f"reply excluded: corrupted in transit ({flips} bit flips; implausible values in {bad})"
                 return Arrival(ERROR, error_reply(sent, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, why), arrival, compute,
-                               up, flips, reason=why)
+                               up, flips, reason=why, energy_j=energy)
         if content is not reply.content:
             reply = Message(content=content, metadata=reply.metadata)
-        return Arrival(OK, reply, arrival, compute, up, flips)
+        return Arrival(OK, reply, arrival, compute, up, flips, energy_j=energy)
 
 
 def examples_processed(content: RecordDict) -> float:
