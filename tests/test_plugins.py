@@ -199,6 +199,49 @@ def test_plugins_registered_in_a_script_reach_ray_actors(tmp_path: Path) -> None
 
 
 @pytest.mark.slow
+def test_plugins_registered_in_a_scripts_main_reach_sweep_processes(tmp_path: Path) -> None:
+    """A script registers a model and a partitioner in ``__main__`` and runs a 2-process
+    sweep from the Python API: each cell process re-imports the script (its run is under
+    ``if __name__ == "__main__"``) and finds both; no client fails."""
+    script = tmp_path / "study.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        import numpy as np
+        import tomli_w
+        from torch import nn
+        from fedsim.clients.models import register_model
+        from fedsim.scenarios.partitioners import register_partitioner
+        from fedsim.sweep import load_sweep, run_sweep
+        from tests.conftest import tiny_raw
+
+        @register_model("script_linear")
+        def script_linear(input_shape, num_classes):
+            return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
+
+        @register_partitioner("script_sorted")
+        def script_sorted(labels, num_clients):
+            return [np.sort(p) for p in np.array_split(np.argsort(labels, kind="stable"), num_clients)]
+
+        if __name__ == "__main__":
+            raw = tiny_raw(model="script_linear", run={{"rounds": 2}})
+            raw["data"]["partitioner"] = {{"name": "script_sorted"}}
+            raw["sweep"] = {{"seeds": [0], "parallel": 2, "axes": {{"client.lr": [0.05, 0.1]}}}}
+            with open("study.toml", "wb") as fh:
+                tomli_w.dump(raw, fh)
+            run_sweep(load_sweep("study.toml"), "sweep", yes=True, parallel=2)
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert [c["status"] for c in manifest["cells"]] == ["done"] * 2, manifest["cells"]
+    for cell in manifest["cells"]:
+        summary = json.loads((tmp_path / "sweep" / cell["dir"] / "summary.json").read_text())
+        assert summary["client_failures"] == 0 and summary.get("stopped") is None, (cell, summary)
+        assert summary["final_central_acc"] is not None
+
+
+@pytest.mark.slow
 def test_registered_plugins_reach_sweep_processes(tmp_path: Path) -> None:
     import tomli_w
 
