@@ -97,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", default=None, help="HTML file (default: <first DIR>/report.html)")
 
     sub.add_parser("presets", help="list the shipped scenario presets")
+
+    p_traces = sub.add_parser("traces", help="device traces: import FedScale's into fedsim's CSV formats")
+    traces_sub = p_traces.add_subparsers(dest="traces_command", required=True)
+    p_import = traces_sub.add_parser("import", help="FedScale's capacity / availability pickles -> devices.csv, "
+                                                    "availability.csv and system.toml in OUT")
+    p_import.add_argument("--capacity", default=None, metavar="PKL", help="FedScale's client_device_capacity")
+    p_import.add_argument("--availability", default=None, metavar="PKL", help="FedScale's client_behave_trace")
+    p_import.add_argument("--out", required=True, metavar="DIR", help="folder for the converted files")
     return parser
 
 
@@ -141,6 +149,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "presets":
             for name in list_presets():
                 print(name)
+            return 0
+        if args.command == "traces":
+            from fedsim.scenarios.traces import convert
+
+            done = convert(args.capacity, args.availability, args.out)
+            print(", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in done.items()))
+            print(f"use it: fedsim run SCENARIO with the sections of {Path(args.out) / 'system.toml'} "
+                  f"(or fedsim run-app APP --system {Path(args.out) / 'system.toml'})")
             return 0
         if args.command == "run":
             from fedsim.runner import resume, run

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-from fedsim.scenarios.distributions import ConstantParams, sample
+from fedsim.scenarios.distributions import ConstantParams, parse_float, read_csv, sample
 
 from fedsim.core import seeding
 from fedsim.core.errors import ConfigError
@@ -149,6 +149,42 @@ class NetworkSection:
     bit_error_rate: float = option(0.0, ge=0.0, lt=1.0, doc="bit flips in delivered uplink float payloads")
     corruption_threshold: float = option(1e3, gt=0.0,
                                          doc="a value above this x max(1, max|global|) marks a reply corrupted")
+    bandwidth_trace: str = option("", doc="CSV client,start,up_mbps,down_mbps: each client's bandwidth from start "
+                                          "(virtual s) on, in place of up_mbps / down_mbps")
+    bandwidth_period: float = option(0.0, ge=0.0, doc="the bandwidth trace repeats with this period; 0 = the last "
+                                                      "rate holds")
+
+    def check(self, path: str) -> None:
+        if self.bandwidth_trace:
+            read_bandwidth(self.bandwidth_trace, f"{path}.bandwidth_trace")  # fail at load time
+
+
+def read_bandwidth(path: str, field: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per trace client (sorted by id): rate start times and the up / down rates (bytes/s)."""
+    rows = read_csv(path, field, required=("client", "start", "up_mbps", "down_mbps"))
+    out: dict[int, list[tuple[float, float, float]]] = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            client = int(row["client"])
+        except (TypeError, ValueError):
+            raise ConfigError(field, path, f"malformed trace: line {line}, client {row['client']!r} is not an integer") from None
+        start = parse_float(row["start"], field, path, line, "start")
+        up = parse_float(row["up_mbps"], field, path, line, "up_mbps")
+        down = parse_float(row["down_mbps"], field, path, line, "down_mbps")
+        if start < 0 or not up > 0 or not down > 0:
+            raise ConfigError(field, path, f"malformed trace: line {line}, start must be >= 0 and rates > 0")
+        steps = out.setdefault(client, [])
+        if steps and start <= steps[-1][0]:
+            raise ConfigError(field, path, f"trace not sorted: line {line}, client {client} starts at {start:g}, "
+                                           f"not after its previous rate ({steps[-1][0]:g})")
+        steps.append((start, up, down))
+    result = []
+    for _, steps in sorted(out.items()):
+        arr = np.asarray(steps, dtype=np.float64)
+        if arr[0, 0] > 0:
+            raise ConfigError(field, path, "malformed trace: every client's first rate must start at 0")
+        result.append((arr[:, 0], arr[:, 1] * 1e6 / 8, arr[:, 2] * 1e6 / 8))
+    return result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,15 +214,31 @@ class LinkModel:
         self.up_bps = sample(cfg.up_mbps, rng, num_clients, "network.up_mbps", "positive") * 1e6 / 8
         self.latency = sample(cfg.latency_s, rng, num_clients, "network.latency_s", "nonnegative")
         self._draw = LOSS_MODELS.get(cfg.loss.name, "network.loss.name").fn
+        self._rates = None  # time-varying: client i follows trace client i mod n
+        if cfg.bandwidth_trace:
+            trace = read_bandwidth(cfg.bandwidth_trace, "network.bandwidth_trace")
+            self._rates = [trace[i % len(trace)] for i in range(num_clients)]
+
+    def bps(self, cid: int, direction: str, now: float = 0.0) -> float:
+        """The client's rate (bytes/s) in ``direction`` for a transfer starting at virtual ``now``."""
+        if self._rates is None:
+            return float(self.up_bps[cid] if direction == "up" else self.down_bps[cid])
+        starts, up, down = self._rates[cid]
+        t = now % self.cfg.bandwidth_period if self.cfg.bandwidth_period > 0 else now
+        i = max(0, int(np.searchsorted(starts, t, side="right")) - 1)
+        return float(up[i] if direction == "up" else down[i])
 
     @property
     def active(self) -> bool:
         c = self.cfg
-        return (c.loss.name != "none" or c.bit_error_rate > 0 or bool(np.isfinite(self.down_bps).any())
+        return (c.loss.name != "none" or c.bit_error_rate > 0 or self._rates is not None
+                or bool(np.isfinite(self.down_bps).any())
                 or bool(np.isfinite(self.up_bps).any()) or bool((self.latency > 0).any()))
 
-    def transfer(self, cid: int, nbytes: int, direction: str, rnd: int, purpose: str) -> Transfer:
-        bps = self.up_bps[cid] if direction == "up" else self.down_bps[cid]
+    def transfer(self, cid: int, nbytes: int, direction: str, rnd: int, purpose: str, now: float = 0.0) -> Transfer:
+        """One payload over the client's link, starting at virtual time ``now`` (a time-varying
+        bandwidth applies the rate in force when the transfer starts, for the whole transfer)."""
+        bps = self.bps(cid, direction, now)
         latency = float(self.latency[cid])
         n = -(-nbytes // self.cfg.packet_bytes) if nbytes > 0 else 0
         if self.cfg.loss.name == "none" or n == 0 or (direction == "down" and not self.cfg.lossy_downlink):

@@ -43,6 +43,7 @@ class Dispatch:
     seconds_per_sample: float
     budget: float | None = None  # partial_work: compute seconds the client may use
     down_bytes: float = 0.0  # bytes on the air for the download (retransmissions included)
+    sent_at: float = 0.0  # virtual time the message left the server
     energy_j: float = 0.0  # a client that never trained: its download and the radio's tail
 
 
@@ -95,7 +96,7 @@ class SystemModel:
         spp = self.devices.seconds_per_sample(cid, rnd, phase)
         if not self.devices.online(cid, rnd, now, purpose):
             return Dispatch(UNAVAILABLE, None, spp)
-        down = self.links.transfer(cid, down_bytes, "down", rnd, purpose)
+        down = self.links.transfer(cid, down_bytes, "down", rnd, purpose, now)
         air = sent_bytes(down_bytes, down.packets, down.sent)
         if not down.complete:
             return Dispatch(MODEL_LOST, down, spp, down_bytes=air, energy_j=self._joules(cid, Use(air, down.seconds)))
@@ -105,9 +106,9 @@ class SystemModel:
         if self.policy.gives_budget and deadline is not None and phase.startswith("train"):
             # The client is told how long it may compute: the deadline minus the model's
             # download and an estimate of the reply's upload (a reply the model's size).
-            up_estimate = float(self.links.latency[cid]) + down_bytes / float(self.links.up_bps[cid])
+            up_estimate = float(self.links.latency[cid]) + down_bytes / self.links.bps(cid, "up", now + down.seconds)
             budget = max(0.0, deadline - down.seconds - up_estimate)
-        return Dispatch(OK, down, spp, budget, down_bytes=air)
+        return Dispatch(OK, down, spp, budget, down_bytes=air, sent_at=now)
 
     def _joules(self, cid: int, use: Use) -> float:
         return self.energy.joules(cid, use) if self.energy is not None else 0.0
@@ -125,12 +126,12 @@ class SystemModel:
     def arrive(self, cid: int, rnd: int, purpose: str, sent: Message, reply: Message, d: Dispatch) -> Arrival:
         down_s = d.down.seconds if d.down is not None else 0.0
         if reply.has_error():
-            up = self.links.transfer(cid, 0, "up", rnd, purpose)
+            up = self.links.transfer(cid, 0, "up", rnd, purpose, d.sent_at + down_s)
             return Arrival(ERROR, reply, down_s + up.seconds, 0.0, up, energy_j=self._spent(cid, d, 0.0, up, 0))
         compute = examples_processed(reply.content) * d.seconds_per_sample
         content = reply.content
         up_bytes = payload_bytes(content)
-        up = self.links.transfer(cid, up_bytes, "up", rnd, purpose)
+        up = self.links.transfer(cid, up_bytes, "up", rnd, purpose, d.sent_at + down_s + compute)
         arrival = down_s + compute + up.seconds
         energy = self._spent(cid, d, compute, up, up_bytes)
         if not up.complete:
