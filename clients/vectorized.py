@@ -36,8 +36,12 @@ def unsupported(model: nn.Module, settings: TrainSettings | None = None) -> str 
     """Why this model / these settings cannot be trained batched (None: they can)."""
     if any(True for _ in model.buffers()):
         return f"{type(model).__name__} has buffers (e.g. batch norm statistics)"
-    if any(isinstance(m, STOCHASTIC) for m in model.modules()):
+    if any(isinstance(m, STOCHASTIC) and getattr(m, "p", 0.0) > 0 for m in model.modules()):
         return f"{type(model).__name__} uses dropout (its masks come from the per-client torch seed)"
+    rnn = next((m for m in model.modules() if isinstance(m, nn.RNNBase)), None)
+    if rnn is not None:
+        return (f"{type(rnn).__name__} has no torch.func batching rule (vmap would run the clients one by one "
+                "inside, slower than the serial loop)")
     if any(not p.requires_grad for p in model.parameters()):
         return "the model has frozen parameters"
     if settings is not None:

@@ -40,6 +40,13 @@ from fedsim.engine.executors.base import (
 _IN_FLIGHT_PER_ACTOR = 2
 _READY_TIMEOUT_S = 120.0  # default of ray.start_timeout_s
 
+#: Live actors of finished runs, by what they were started with, kept while a Ray that this
+#: process did not start (a notebook's or a test session's ``ray.init``, a cluster) stays up:
+#: the next run with the same actor settings reuses them (no new processes, imports and
+#: per-process data caches kept). Actors that do not match are killed before new ones start.
+_PARKED: dict[tuple[Any, ...], list[Any]] = {}
+_PING_S = 2.0  # a parked actor must answer within this
+
 
 def _probe_address(address: str, timeout: float) -> None:
     """A ``host:port`` (or ``ray://host:port``) with nothing listening fails at once, in
@@ -171,6 +178,21 @@ class _Worker:
         self._run_config = run_config
         self._cache: dict[str, RecordDict] = {}
 
+    def reset(self, app: AppRef, run_id: int, run_config: dict[str, Any], threads: int,
+              extra_paths: list[str], memory_mb: int = 0) -> tuple[int, str]:
+        """Serve a new run (a parked actor, reused: its imports and per-process caches stay)."""
+        for p in extra_paths:
+            if p not in sys.path:
+                sys.path.append(p)
+        import torch
+
+        torch.set_num_threads(threads)
+        self._app = app.load()
+        self._run_id = run_id
+        self._run_config = run_config
+        self._cache = {}
+        return self.ready()
+
     def ready(self) -> tuple[int, str]:
         return os.getpid(), ray.get_runtime_context().get_node_id()
 
@@ -241,6 +263,7 @@ class RayExecutor:
         self._actor_cls: list[Any] = []
         self._init_args: tuple[Any, ...] = ()
         self._ready: list[Any] = []
+        self._reused: set[int] = set()  # ids of parked actors this run took over
         self.actor_nodes: list[str] = []  # the Ray node of each actor (known once they started)
         self.actors_replaced = 0
 
@@ -293,9 +316,53 @@ class RayExecutor:
         self._actor_cls = [ray.remote(**t.options())(_Worker) for t in self.tiers]
         self._init_args = (app, run_id, dict(run_config), self.threads, paths, self.client_memory_mb)
         self._slot_tier = [i for i, t in enumerate(self.tiers) for _ in range(t.num_actors)]
-        self._actors = [self._new_actor(slot) for slot in range(len(self._slot_tier))]
-        # Actors boot while the server does its own set-up; the first run() waits for them.
-        self._ready = [a.ready.remote() for a in self._actors]
+        reused = self._unpark()
+        self._actors = [reused[slot].pop() if reused.get(slot) else self._new_actor(slot)
+                        for slot in range(len(self._slot_tier))]
+        # Actors boot (or parked ones take the new run) while the server does its own set-up;
+        # the first run() waits for them.
+        self._ready = [a.reset.remote(*self._init_args) if id(a) in self._reused else a.ready.remote()
+                       for a in self._actors]
+
+    def _key(self, slot: int) -> tuple[Any, ...]:
+        t = self.tiers[self._slot_tier[slot]]
+        return (ray.get_runtime_context().get_job_id(), tuple(sorted(t.options().items())), self.threads,
+                tuple(self._init_args[4]), self.client_memory_mb)
+
+    def _unpark(self) -> dict[int, list[Any]]:
+        """Parked actors for this run's slots (by key); every other parked actor is killed."""
+        self._reused = set()
+        wanted: dict[tuple[Any, ...], list[int]] = {}
+        for slot in range(len(self._slot_tier)):
+            wanted.setdefault(self._key(slot), []).append(slot)
+        out: dict[int, list[Any]] = {}
+        for key, actors in list(_PARKED.items()):
+            slots = wanted.get(key, [])
+            for actor in actors:
+                if slots:
+                    out.setdefault(slots.pop(), []).append(actor)
+                    self._reused.add(id(actor))
+                else:
+                    with contextlib.suppress(Exception):
+                        ray.kill(actor, no_restart=True)
+            del _PARKED[key]
+        return out
+
+    def _park(self) -> list[Any]:
+        """Keep the actors that still answer for the next run in this process (a Ray this
+        executor did not start only); the others are returned to be killed."""
+        if self._owns_ray or not ray.is_initialized() or len(self._slot_tier) != len(self._actors):
+            return list(self._actors)
+        pings = {a.ready.remote(): (slot, a) for slot, a in enumerate(self._actors)}
+        with contextlib.suppress(Exception):
+            done, _ = ray.wait(list(pings), num_returns=len(pings), timeout=_PING_S)
+            for ref in done:
+                slot, actor = pings[ref]
+                with contextlib.suppress(Exception):
+                    ray.get(ref, timeout=0)
+                    _PARKED.setdefault(self._key(slot), []).append(actor)
+                    pings[ref] = (slot, None)
+        return [a for _, a in pings.values() if a is not None]
 
     def _start_local(self, kwargs: dict[str, Any]) -> None:
         """Start a local Ray. Ray gives its own node a fixed 30 s to come up; on a loaded
@@ -341,7 +408,7 @@ class RayExecutor:
 
     def shutdown(self) -> None:
         self._ready = []
-        for actor in self._actors:
+        for actor in self._park():
             try:
                 ray.kill(actor, no_restart=True)
             except Exception:  # noqa: BLE001 - already gone
