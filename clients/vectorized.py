@@ -44,6 +44,10 @@ def unsupported(model: nn.Module, settings: TrainSettings | None = None) -> str 
                 "inside, slower than the serial loop)")
     if any(not p.requires_grad for p in model.parameters()):
         return "the model has frozen parameters"
+    named = {name for name, _ in model.named_parameters()}
+    tied = next((k for k in model.state_dict() if k not in named), None)
+    if tied is not None:
+        return f"{type(model).__name__} ties weights ({tied} is another parameter under a second name)"
     if settings is not None:
         if settings.grad_bits:
             return "client.grad_bits (quantized gradients) is set"

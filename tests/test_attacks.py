@@ -130,7 +130,8 @@ def test_attacks_never_receive_ground_truth() -> None:
 @pytest.mark.slow
 def test_undefended_fedsgd_batch_1_leaks_on_digits_mlp() -> None:
     x, y = digits()
-    ig, idlg, ana = attack("inverting_gradients", iterations=1000, restarts=1), attack("idlg", outer_steps=50), attack("analytic")
+    # 400 iterations: 71.5 dB mean, 10/10 >= 25 (measured; 1000 iterations gave the same)
+    ig, idlg, ana = attack("inverting_gradients", iterations=400, restarts=1), attack("idlg", outer_steps=50), attack("analytic")
     ig_psnr, labels_ok, ana_psnr = [], 0, []
     for i in range(10):
         view = client_view(mlp, x[i : i + 1], y[i : i + 1])
@@ -145,7 +146,7 @@ def test_undefended_fedsgd_batch_1_leaks_on_digits_mlp() -> None:
 @pytest.mark.slow
 def test_fedavg_update_of_one_image_and_five_steps_is_inverted_by_unrolling() -> None:
     x, y = digits()
-    ig = attack("inverting_gradients", iterations=1000, restarts=2)
+    ig = attack("inverting_gradients", iterations=500, restarts=1)  # measured: 76.9 / 76.6 / 73.1 dB
     psnrs = [leak.psnr(ig.run(client_view(mlp, x[i : i + 1], y[i : i + 1], steps=5), torch.Generator().manual_seed(i)).x[0], x[i])
              for i in range(3)]
     assert np.mean(psnrs) >= 25

@@ -113,3 +113,13 @@ def test_a_corrupt_pretrained_folder_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="model.path .*not a loadable causal LM") as info:
         init_model("pretrained", resolve_model_params("pretrained", {"path": str(tmp_path)}, "model"), (16,), 29, 0)
     assert "\n" not in str(info.value)
+
+
+def test_the_vectorized_executor_says_why_it_runs_text_models_one_by_one() -> None:
+    from fedsim.clients.vectorized import unsupported
+
+    lstm = init_model("char_lstm", resolve_model_params("char_lstm", {}, "model"), (16,), 29, 0)
+    gpt = init_model("char_transformer", resolve_model_params("char_transformer", {}, "model"), (16,), 29, 0)
+    assert "LSTM has no torch.func batching rule" in (unsupported(lstm) or "")
+    assert "ties weights (lm.lm_head.weight" in (unsupported(gpt) or "")  # GPT-2's head is its embedding
+    assert unsupported(torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.Dropout(0.0))) is None  # p = 0: no masks
