@@ -44,7 +44,8 @@ class LoraParams:
     full_modules: tuple[str, ...] = option((), doc="modules trained and sent in full (e.g. the classifier head)")
     mode: str = option("fedit", choices=("fedit", "ffa"))
     base: str = option("warmup", doc='"warmup", "init", or a checkpoint path')
-    base_epochs: int = option(20, ge=1, le=100_000, doc="warm-up epochs on G for base = warmup")
+    base_epochs: int = option(20, ge=1, le=100_000, doc="warm-up epochs on G for base = warmup when "
+                                                       "data.sharing.warmup_epochs is 0 (else those)")
 
 
 @register_codec("lora", LoraParams)
@@ -63,8 +64,8 @@ FIELD = "codec[0]"
 
 def build_base(spec: Any, data: Any, params: LoraParams) -> nn.Module:
     """The frozen base model, identical in every process (``spec``: a ClientSpec)."""
-    from fedsim.clients import trainer
     from fedsim.clients.models import init_model
+    from fedsim.clients.warmup import warm_up
 
     seed = spec.seed
     model = init_model(spec.model.name, spec.model.params, data.input_shape, data.num_classes, seed)
@@ -73,12 +74,10 @@ def build_base(spec: Any, data: Any, params: LoraParams) -> nn.Module:
     if params.base == "warmup":
         if not spec.data.sharing.enabled:
             raise ConfigError(f"{FIELD}.base", "warmup", "needs [data.sharing] (the server's shared set G)")
-        x, y = data.shared()
-        settings = trainer.TrainSettings(epochs=params.base_epochs, batch_size=spec.client.batch_size,
-                                         lr=spec.client.lr, momentum=spec.client.momentum)
-        with torch.random.fork_rng(devices=[]):
-            trainer.train(model, x, y, settings, seeding.torch_generator(seed, 0, seeding.SERVER, "lora-base"))
-        return model
+        # The same warm-up as full fine-tuning's initial model (data.sharing.warmup_epochs),
+        # so both arms of a LoRA-vs-full study start from one base.
+        sharing = spec.data.sharing
+        return warm_up(model, data, sharing, spec.client, seed, sharing.warmup_epochs or params.base_epochs)
     model.load_state_dict(load_checkpoint(params.base, model), strict=True)
     return model
 

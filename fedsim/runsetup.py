@@ -18,7 +18,6 @@ from fedsim.clients.models import build_model, init_model
 from fedsim.clients.spec import ClientSpec, to_run_config
 from fedsim.clients.trainer import evaluate
 from fedsim.config import Config
-from fedsim.core import seeding
 from fedsim.core.errors import ConfigError
 from fedsim.engine.executors import AppRef
 from fedsim.scenarios.federation import FederatedData, federated_data
@@ -142,15 +141,11 @@ def check_checkpointable(cfg: Config, strategy: Strategy) -> None:
 
 
 def warm_up(model: torch.nn.Module, data: Any, cfg: Config) -> None:
-    """Zhao et al.'s server warm-up: train the initial global model on the shared set G."""
-    from fedsim.clients import trainer
+    """Zhao et al.'s server warm-up: train the initial global model on the shared set G
+    (the same function builds LoRA's base, so both start from one model)."""
+    from fedsim.clients.warmup import warm_up as warm
 
-    s = cfg.data.sharing
-    x, y = data.shared()
-    settings = trainer.TrainSettings(epochs=s.warmup_epochs, batch_size=cfg.client.batch_size,
-                                     lr=s.warmup_lr or cfg.client.lr, momentum=cfg.client.momentum,
-                                     weight_decay=cfg.client.weight_decay)
-    trainer.train(model, x, y, settings, seeding.torch_generator(cfg.run.seed, 0, seeding.SERVER, "warm-up"))
+    warm(model, data, cfg.data.sharing, cfg.client, cfg.run.seed, cfg.data.sharing.warmup_epochs)
 
 
 def make_app_ref(cfg: Config) -> tuple[AppRef, dict[str, Any]]:

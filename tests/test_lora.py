@@ -130,3 +130,27 @@ def test_lora_errors_exit_2_from_the_cli(tmp_path: Path) -> None:
                            "--set", 'codec=[{name="lora", base="init", target_modules=["fc9"]}]',
                            "--out", str(tmp_path / "x")], cwd=root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "codec[0].target_modules" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_lora_base_and_full_fine_tunings_warm_up_are_the_same_model() -> None:
+    """One warm-up on the shared set G for both arms of a LoRA-vs-full study: LoRA's frozen
+    base (built in every client process) equals full fine-tuning's initial global model."""
+    import torch
+
+    from fedsim.clients.models import init_model
+    from fedsim.runsetup import prepare, warm_up
+    from fedsim.scenarios.federation import federated_data
+
+    sharing = {"beta": 0.1, "alpha": 0.0, "warmup_epochs": 2, "warmup_lr": 0.2}
+    lora_cfg = tiny_config(data={"sharing": sharing}, codec=[{"name": "lora", "rank": 2, "base": "warmup"}])
+    full_cfg = tiny_config(data={"sharing": sharing})
+    data = federated_data(full_cfg.data, full_cfg.data_seed)
+    base = lora.build_base(lora_cfg.client_spec(), data, lora.lora_params(lora_cfg.codec))
+    full = init_model(full_cfg.model.name, full_cfg.model.params, data.input_shape, data.num_classes, full_cfg.run.seed)
+    untrained = {k: v.clone() for k, v in full.state_dict().items()}
+    warm_up(full, data, full_cfg)
+    assert any(not torch.equal(untrained[k], v) for k, v in full.state_dict().items())  # it trained
+    assert all(torch.equal(base.state_dict()[k], v) for k, v in full.state_dict().items())
+    # ... and the full arm's run starts from it.
+    initial = prepare(full_cfg, with_strategy=False).initial
+    assert all(torch.equal(torch.from_numpy(initial[k].numpy()), v) for k, v in full.state_dict().items())
