@@ -123,3 +123,25 @@ def test_the_vectorized_executor_says_why_it_runs_text_models_one_by_one() -> No
     assert "LSTM has no torch.func batching rule" in (unsupported(lstm) or "")
     assert "ties weights (lm.lm_head.weight" in (unsupported(gpt) or "")  # GPT-2's head is its embedding
     assert unsupported(torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.Dropout(0.0))) is None  # p = 0: no masks
+
+
+@pytest.mark.slow
+def test_the_lora_text_preset_gives_serial_numbers_on_ray_and_sends_adapters_only(ray_session) -> None:
+    """The shipped benchmarks/text-lora preset's LoRA arm, shrunk (4 clients, 2 rounds, a
+    short warm-up): Ray = serial, and every reply carries exactly the 16 adapter arrays of
+    rank 4 on c_attn / c_proj / c_fc: 8,192 float32 values plus 16 .npy headers of 128 bytes."""
+    import fedsim
+    from fedsim.engine.metrics import without_wall
+
+    lora_arm = ('codec=[{ name = "lora", rank = 4, target_modules = ["c_attn", "c_proj", "c_fc"], '
+                'base = "warmup" }]')
+    cfg = fedsim.load_config("benchmarks/text-lora", [
+        lora_arm, "run.rounds=2", "data.num_clients=4", "data.dataset.samples_per_client=48",
+        "data.dataset.test_per_dialect=20", "data.sharing.warmup_epochs=1", "strategy.fraction_train=1.0",
+        "report.progress=false"])
+    serial = fedsim.run(cfg, write=False)
+    on_ray = fedsim.run(cfg.replace(['executor.name="ray"', "ray.num_actors=2"]), write=False)
+    assert [without_wall(r) for r in serial.history] == [without_wall(r) for r in on_ray.history]
+    for r in serial.history[1:]:
+        assert r["clients_replied"] == 4 and r["bytes_up"] == 4 * (8192 * 4 + 16 * 128)
+    assert serial.summary["energy_j"] > 0
