@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from fedsim import compare
+from fedsim.cli import write_report
 from fedsim.scenarios.traces import convert
 from fedsim.sweep import load_sweep, run_sweep
 
@@ -85,6 +86,7 @@ def main() -> None:
     start = time.perf_counter()
     run_sweep(sweep, args.out, yes=True, parallel=args.parallel)
     wall = time.perf_counter() - start
+    html, csv_path = write_report([args.out], sweep.spec.target, None)
     loaded = compare.load([args.out])
     rows = compare.summarize(loaded, sweep.spec.target)
     print(f"\n{len(loaded.runs)} runs in {wall:.0f} s wall; target next-character accuracy {sweep.spec.target}")
@@ -98,6 +100,7 @@ def main() -> None:
                           f(None if r["energy_j_to_target"] is None else r["energy_j_to_target"] / 1e3, ".2f"),
                           f(r["bytes_up_mean"] / 1e6, ".2f"), f(r["virtual_time_s_mean"], ".0f"),
                           f(None if r["energy_j_mean"] is None else r["energy_j_mean"] / 1e3, ".2f")]))
+    print(f"report: {html}, {csv_path}")
 
 
 if __name__ == "__main__":
