@@ -145,3 +145,19 @@ def test_the_lora_text_preset_gives_serial_numbers_on_ray_and_sends_adapters_onl
     for r in serial.history[1:]:
         assert r["clients_replied"] == 4 and r["bytes_up"] == 4 * (8192 * 4 + 16 * 128)
     assert serial.summary["energy_j"] > 0
+
+
+def test_lora_adapters_travel_int8_quantized_on_the_transformer() -> None:
+    """LoRA first, a quantizing codec after it: the adapters (only) travel as int8, a quarter
+    of their float32 bytes plus each array's scale and headers, and the run trains."""
+    import fedsim
+
+    base = ["run.rounds=2", "data.num_clients=4", "data.dataset.samples_per_client=48", "data.dataset.test_per_dialect=20",
+            "data.sharing.warmup_epochs=1", "strategy.fraction_train=1.0", "report.progress=false", "energy.enabled=false"]
+    lora_arm = 'codec=[{ name = "lora", rank = 4, target_modules = ["c_attn", "c_proj", "c_fc"], base = "warmup" }'
+    plain = fedsim.run(fedsim.load_config("benchmarks/text-lora", [lora_arm + "]", *base]), write=False)
+    int8 = fedsim.run(fedsim.load_config("benchmarks/text-lora", [lora_arm + ', { name = "int8" }]', *base]), write=False)
+    for p, q in zip(plain.history[1:], int8.history[1:]):
+        assert q["clients_replied"] == 4 and q["clients_failed"] == 0
+        assert q["bytes_up"] < 0.4 * p["bytes_up"]  # 8,192 values: 1 byte instead of 4 each
+    assert int8.history[-1]["central_acc"] is not None
