@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from fedsim.scenarios.distributions import ConstantParams, parse_float, read_csv, sample
+from fedsim.scenarios.distributions import ConstantParams, parse_client, parse_float, read_csv, sample
 
 from fedsim.core import seeding
 from fedsim.core.errors import ConfigError
@@ -57,10 +57,7 @@ def read_intervals(path: str, field: str) -> dict[int, np.ndarray]:
     rows = read_csv(path, field, required=("client", "start", "end"))
     out: dict[int, list[tuple[float, float]]] = {}
     for line, row in enumerate(rows, start=2):
-        try:
-            client = int(row["client"])
-        except (TypeError, ValueError):
-            raise ConfigError(field, path, f"malformed trace: line {line}, client {row['client']!r} is not an integer") from None
+        client = parse_client(row["client"], field, path, line)
         start = parse_float(row["start"], field, path, line, "start")
         end = parse_float(row["end"], field, path, line, "end")
         if start < 0 or end <= start:

@@ -169,6 +169,14 @@ def read_csv(path: str, field: str, required: tuple[str, ...]) -> list[dict[str,
     return rows
 
 
+def parse_client(text: str | None, field: str, path: str, line: int) -> int:
+    """A trace row's client id; anything but an integer is a one-line error."""
+    try:
+        return int(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(field, path, f"malformed trace: line {line}, client {text!r} is not an integer") from None
+
+
 def parse_float(text: str | None, field: str, path: str, line: int, column: str) -> float:
     try:
         value = float(text) if text is not None else math.nan

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-from fedsim.scenarios.distributions import ConstantParams, parse_float, read_csv, sample
+from fedsim.scenarios.distributions import ConstantParams, parse_client, parse_float, read_csv, sample
 
 from fedsim.core import seeding
 from fedsim.core.errors import ConfigError
@@ -164,10 +164,7 @@ def read_bandwidth(path: str, field: str) -> list[tuple[np.ndarray, np.ndarray, 
     rows = read_csv(path, field, required=("client", "start", "up_mbps", "down_mbps"))
     out: dict[int, list[tuple[float, float, float]]] = {}
     for line, row in enumerate(rows, start=2):
-        try:
-            client = int(row["client"])
-        except (TypeError, ValueError):
-            raise ConfigError(field, path, f"malformed trace: line {line}, client {row['client']!r} is not an integer") from None
+        client = parse_client(row["client"], field, path, line)
         start = parse_float(row["start"], field, path, line, "start")
         up = parse_float(row["up_mbps"], field, path, line, "up_mbps")
         down = parse_float(row["down_mbps"], field, path, line, "down_mbps")

@@ -160,32 +160,37 @@ def test_registered_plugins_reach_ray_actors_with_the_same_numbers(ray_session) 
     assert [without_wall(r) for r in ray.history] == [without_wall(r) for r in serial.history]
 
 
+#: The top of a user's script: a model and a partitioner registered in its ``__main__``.
+SCRIPT_PLUGINS = textwrap.dedent(f"""
+    import json, sys
+    sys.path.insert(0, {str(ROOT)!r})
+    import numpy as np
+    from torch import nn
+    from fedsim.clients.models import register_model
+    from fedsim.scenarios.partitioners import register_partitioner
+    from tests.conftest import tiny_raw
+
+    @register_model("script_linear")
+    def script_linear(input_shape, num_classes):
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
+
+    @register_partitioner("script_sorted")
+    def script_sorted(labels, num_clients):
+        return [np.sort(p) for p in np.array_split(np.argsort(labels, kind="stable"), num_clients)]
+""")
+
+
 @pytest.mark.slow
 def test_plugins_registered_in_a_script_reach_ray_actors(tmp_path: Path) -> None:
     """A script registers a model and a partitioner in ``__main__`` (not importable
     elsewhere): Ray actors get them by value, with the serial executor's numbers."""
     script = tmp_path / "study.py"
-    script.write_text(textwrap.dedent(f"""
-        import json, sys
-        sys.path.insert(0, {str(ROOT)!r})
-        from torch import nn
+    script.write_text(SCRIPT_PLUGINS + textwrap.dedent("""
         import fedsim
-        import numpy as np
-        from fedsim.clients.models import register_model
-        from fedsim.scenarios.partitioners import register_partitioner
-        from tests.conftest import tiny_raw
-
-        @register_model("script_linear")
-        def script_linear(input_shape, num_classes):
-            return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
-
-        @register_partitioner("script_sorted")
-        def script_sorted(labels, num_clients):
-            return [np.sort(p) for p in np.array_split(np.argsort(labels, kind="stable"), num_clients)]
 
         if __name__ == "__main__":
             raw = tiny_raw(model="script_linear")
-            raw["data"]["partitioner"] = {{"name": "script_sorted"}}
+            raw["data"]["partitioner"] = {"name": "script_sorted"}
             cfg = fedsim.from_dict(raw)
             a = fedsim.run(cfg, write=False)
             b = fedsim.run(cfg.replace(['executor.name="ray"', "ray.num_actors=2"]), write=False)
@@ -204,29 +209,14 @@ def test_plugins_registered_in_a_scripts_main_reach_sweep_processes(tmp_path: Pa
     sweep from the Python API: each cell process re-imports the script (its run is under
     ``if __name__ == "__main__"``) and finds both; no client fails."""
     script = tmp_path / "study.py"
-    script.write_text(textwrap.dedent(f"""
-        import json, sys
-        sys.path.insert(0, {str(ROOT)!r})
-        import numpy as np
+    script.write_text(SCRIPT_PLUGINS + textwrap.dedent("""
         import tomli_w
-        from torch import nn
-        from fedsim.clients.models import register_model
-        from fedsim.scenarios.partitioners import register_partitioner
         from fedsim.sweep import load_sweep, run_sweep
-        from tests.conftest import tiny_raw
-
-        @register_model("script_linear")
-        def script_linear(input_shape, num_classes):
-            return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
-
-        @register_partitioner("script_sorted")
-        def script_sorted(labels, num_clients):
-            return [np.sort(p) for p in np.array_split(np.argsort(labels, kind="stable"), num_clients)]
 
         if __name__ == "__main__":
-            raw = tiny_raw(model="script_linear", run={{"rounds": 2}})
-            raw["data"]["partitioner"] = {{"name": "script_sorted"}}
-            raw["sweep"] = {{"seeds": [0], "parallel": 2, "axes": {{"client.lr": [0.05, 0.1]}}}}
+            raw = tiny_raw(model="script_linear", run={"rounds": 2})
+            raw["data"]["partitioner"] = {"name": "script_sorted"}
+            raw["sweep"] = {"seeds": [0], "parallel": 2, "axes": {"client.lr": [0.05, 0.1]}}
             with open("study.toml", "wb") as fh:
                 tomli_w.dump(raw, fh)
             run_sweep(load_sweep("study.toml"), "sweep", yes=True, parallel=2)
