@@ -186,12 +186,20 @@ def test_a_legacy_server_app_waiting_forever_for_nodes_is_stopped(monkeypatch: p
     import fedsim.engine.grid as grid_module
 
     monkeypatch.setattr(grid_module, "_STALL_GAP_S", 0.01)
+    from flwr.server.client_manager import SimpleClientManager
+
     grid, _ = make_grid(3)
+    # Waiting on anything else (SecAgg+ waits on its thread pool) is not waiting for nodes.
     cv = threading.Condition()
+    thread = _poll_from_a_helper_thread(grid, polls=8, gap=0.03)
+    with cv:
+        cv.wait(timeout=0.5)
+    thread.join()
+    assert grid.stalled is False
     _poll_from_a_helper_thread(grid, polls=8, gap=0.03)
     start = time.monotonic()
-    with pytest.raises(KeyboardInterrupt), cv:
-        cv.wait(timeout=30)  # a legacy ClientManager.wait_for(min_available_clients)
+    with pytest.raises(KeyboardInterrupt):
+        SimpleClientManager().wait_for(10, timeout=30)  # Flower's legacy wait for min_available_clients
     assert grid.stalled is True and time.monotonic() - start < 10
 
 

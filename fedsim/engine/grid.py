@@ -70,11 +70,15 @@ class NodesNeverCome(ConfigError, RuntimeError):
 
 
 def _thread_waits(ident: int) -> bool:
-    """Whether thread ``ident`` is blocked in a ``threading`` wait (a legacy client manager
-    waiting for nodes), rather than computing (a long protocol stage between messages)."""
+    """Whether thread ``ident`` is blocked in a legacy ``ClientManager.wait_for`` (waiting
+    for nodes), rather than computing or waiting on anything else (SecAgg+'s thread pool)."""
     frame = sys._current_frames().get(ident)
-    return frame is not None and frame.f_code.co_name in ("wait", "wait_for") and \
-        frame.f_code.co_filename.endswith("threading.py")
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "wait_for" and code.co_filename.endswith("client_manager.py"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 @dataclasses.dataclass(frozen=True)
