@@ -13,26 +13,20 @@ The mean of every value therefore moves by 3 in rounds 1 and 2 and stays in roun
 
 from __future__ import annotations
 
-from typing import Any
-
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
-from flwr.common import Context, ndarrays_to_parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
-from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
-from flwr.server.strategy import FedAvg
-from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
-from tests.flower_apps.common import NODES, ROUNDS, initial, plain, score
-from tests.flower_apps.secaggplus.app import KEYS, client_fn
+# The SecAgg+ app's own ServerApp (Flower's FedAvg accepts failures by default), its
+# results and its client; only the ClientApp's mods differ.
+from tests.flower_apps.secaggplus.app import RESULTS, client_fn, server_app  # noqa: F401
 
-RESULTS: dict[str, Any] = {}
 DROPS = {(1, 1, "share_keys"), (2, 3, "collect_masked_vectors"),
          (3, 0, "unmask"), (3, 1, "unmask"), (3, 2, "unmask")}
 
 
 class DroppedOut(RuntimeError):
-    pass
+    """The scheduled dropout: the node fails this message, as a crashed device would."""
 
 
 def drop_out(msg, context, call_next):  # type: ignore[no-untyped-def]
@@ -45,21 +39,3 @@ def drop_out(msg, context, call_next):  # type: ignore[no-untyped-def]
 
 
 client_app = ClientApp(client_fn=client_fn, mods=[drop_out, secaggplus_mod])
-server_app = ServerApp()
-
-
-@server_app.main()
-def main(grid: Grid, context: Context) -> None:
-    def evaluate(server_round, parameters, config):  # type: ignore[no-untyped-def]
-        arrays = dict(zip(KEYS, parameters))
-        RESULTS.setdefault("arrays", {})[server_round] = plain(arrays)
-        loss, acc = score(arrays)
-        return loss, {"accuracy": acc}
-
-    strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=3, min_available_clients=NODES,
-                      initial_parameters=ndarrays_to_parameters(list(initial().values())), evaluate_fn=evaluate,
-                      accept_failures=True)
-    rounds = int(context.run_config.get("num-server-rounds", ROUNDS))
-    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=rounds), strategy=strategy)
-    secagg = SecAggPlusWorkflow(num_shares=NODES, reconstruction_threshold=3, max_weight=1.0, clipping_range=64.0)
-    DefaultWorkflow(fit_workflow=secagg)(grid, legacy)
