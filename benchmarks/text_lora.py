@@ -31,7 +31,7 @@ import numpy as np
 from fedsim import compare
 from fedsim.cli import write_report
 from fedsim.scenarios.traces import convert
-from fedsim.sweep import load_sweep, run_sweep
+from fedsim.sweeps import load_sweep, run_sweep
 
 PRESET = Path(__file__).resolve().parents[1] / "scenarios" / "presets" / "benchmarks" / "text-lora.toml"
 

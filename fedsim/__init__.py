@@ -21,6 +21,7 @@ _LAZY = {
     "RunResult": "fedsim.runner",
     "run": "fedsim.runner",
     "resume": "fedsim.runner",
+    "sweep": "fedsim.sweeps",
     # Registration of your own plug-ins by name (or name them by "package.module:attr").
     "Dataset": "fedsim.scenarios.datasets",
     "register_dataset": "fedsim.scenarios.datasets",
@@ -62,4 +63,5 @@ __all__ = [
     "register_policy",
     "register_strategy",
     "run",
+    "sweep",
 ]

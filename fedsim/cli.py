@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{info['rounds']} rounds")
             return 0
         if args.command == "sweep":
-            from fedsim.sweep import load_sweep, run_sweep
+            from fedsim.sweeps import load_sweep, run_sweep
 
             if args.parallel is not None and args.parallel < 1:
                 raise ConfigError("--parallel", args.parallel, "must be a number of processes >= 1")

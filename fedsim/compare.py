@@ -19,7 +19,7 @@ from typing import Any
 
 from fedsim.core.errors import ConfigError
 from fedsim.report import METRICS, SUMMARY, read_metrics
-from fedsim.sweep import MANIFEST
+from fedsim.sweeps import MANIFEST
 
 
 @dataclasses.dataclass
@@ -215,7 +215,7 @@ METRIC_COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
 
 def label_columns(rows: list[dict[str, Any]]) -> tuple[list[str], Callable[[dict[str, Any]], list[str]]]:
     """A sweep's rows are labelled by one column per axis; other runs by their name."""
-    from fedsim.sweep import describe
+    from fedsim.sweeps import describe
 
     axes = list(dict.fromkeys(k for r in rows for k in r.get("point", {})))
     if axes and all(r.get("point") for r in rows):

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from fedsim.compare import Loaded, label_columns, shown_columns
-from fedsim.sweep import describe
+from fedsim.sweeps import describe
 
 
 def _png(fig: Any) -> str:

@@ -211,7 +211,7 @@ def test_plugins_registered_in_a_scripts_main_reach_sweep_processes(tmp_path: Pa
     script = tmp_path / "study.py"
     script.write_text(SCRIPT_PLUGINS + textwrap.dedent("""
         import tomli_w
-        from fedsim.sweep import load_sweep, run_sweep
+        from fedsim.sweeps import load_sweep, run_sweep
 
         if __name__ == "__main__":
             raw = tiny_raw(model="script_linear", run={"rounds": 2})

@@ -14,7 +14,7 @@ import pytest
 
 from fedsim import compare
 from fedsim.cli import main, write_report
-from fedsim.sweep import MANIFEST
+from fedsim.sweeps import MANIFEST
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ import tomli_w
 import fedsim
 from fedsim.core.errors import ConfigError
 from fedsim.report import read_metrics
-from fedsim.sweep import MANIFEST, load_sweep, run_sweep
+from fedsim.sweeps import MANIFEST, load_sweep, run_sweep
 from tests.conftest import tiny_raw
 
 ROOT = Path(__file__).resolve().parents[1]
