@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "report":
             p.add_argument("--out", default=None, help="HTML file (default: <first DIR>/report.html)")
 
-    sub.add_parser("presets", help="list the shipped scenario presets")
+    sub.add_parser("presets", help="list the shipped scenario presets, each with its one-line description")
 
     p_traces = sub.add_parser("traces", help="device traces: import FedScale's into fedsim's CSV formats")
     traces_sub = p_traces.add_subparsers(dest="traces_command", required=True)
@@ -147,8 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     fedsim_log.setLevel(logging.INFO)
     try:
         if args.command == "presets":
-            for name in list_presets():
-                print(name)
+            from fedsim.config import preset_description
+
+            names = list_presets()
+            width = max(map(len, names), default=0)
+            for name in names:
+                print(f"{name:<{width}}  {preset_description(name)}".rstrip())
             return 0
         if args.command == "traces":
             from fedsim.scenarios.traces import convert

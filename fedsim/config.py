@@ -20,7 +20,7 @@ from typing import Any
 
 from fedsim.clients.settings import ClientSection
 from fedsim.clients.spec import ClientSpec
-from fedsim.core.errors import ConfigError
+from fedsim.core.errors import ConfigError, one_line
 from fedsim.core.overrides import apply_overrides, loads_toml
 from fedsim.core.plugins import PluginsSection, is_user_module, load_plugins_first
 from fedsim.core.schema import (
@@ -55,8 +55,9 @@ class RunSection:
                                      "( ) [ ]; at most 100 characters), used in the results folder's name")
     seed: int = option(0, ge=0, lt=2**32)
     rounds: int = option(10, ge=1, le=1_000_000)
-    checkpoint_every: int = option(0, ge=0, le=1_000_000,
-                                   doc="save <run>/checkpoint.safetensors every N rounds (0 = never); resume with --resume")
+    checkpoint_every: int | None = option(None, ge=0, le=1_000_000,
+                                          doc="save <run>/checkpoint.safetensors every N rounds; unset = automatically "
+                                              "(costing at most 2 % of the run's time); 0 = never; resume with --resume")
 
     def check(self, path: str) -> None:
         check_name(self.name, f"{path}.name")
@@ -214,12 +215,38 @@ def preset_path(name: str) -> Path | None:
 
 
 def list_presets() -> list[str]:
-    folder = resources.files("fedsim.scenarios").joinpath("presets")
-    names = [p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml")]
-    bench = folder.joinpath("benchmarks")
-    if bench.is_dir():
-        names += [f"benchmarks/{p.name[:-5]}" for p in bench.iterdir() if p.name.endswith(".toml")]
-    return sorted(names)
+    """The shipped presets' names, subfolders included (``benchmarks/codecs``)."""
+    def walk(folder: Any, prefix: str) -> list[str]:
+        names = []
+        for p in folder.iterdir():
+            if p.is_dir() and not p.name.startswith((".", "_")):
+                names += walk(p, f"{prefix}{p.name}/")
+            elif p.name.endswith(".toml"):
+                names.append(prefix + p.name[:-5])
+        return names
+
+    return sorted(walk(resources.files("fedsim.scenarios").joinpath("presets"), ""))
+
+
+def preset_description(name: str) -> str:
+    """A preset's one-line description: the first line of the comment that opens its file
+    (``# Quickstart: ...``); ``""`` when the file does not open with a comment."""
+    path = preset_path(name)
+    if path is None:
+        return ""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return ""
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("#"):
+            described = line.lstrip("#").strip()
+            if described:
+                return one_line(described, 200)
+        elif line:
+            break  # the first setting: the opening comment (if any) has no text
+    return ""
 
 
 def resolve_scenario(arg: str | Path) -> Path:
@@ -232,7 +259,8 @@ def resolve_scenario(arg: str | Path) -> Path:
         return preset
     if str(arg).endswith(".toml"):
         raise ConfigError("scenario", str(arg), "file not found")
-    raise ConfigError("SCENARIO", str(arg), f"no such file, and not a preset ({', '.join(list_presets())})")
+    presets = list_presets()
+    raise ConfigError("SCENARIO", str(arg), f"no such file, and not a preset ({', '.join(presets)})", choices=presets)
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

@@ -68,7 +68,8 @@ class Registry(Generic[T]):
         if not isinstance(key, str) or key not in self._entries:
             form = (f"; your own: {PATH_FORM}, or a name registered by a module in [plugins] imports"
                     if self._load is not None else "")
-            raise ConfigError(field, name, f"unknown {self.kind}; known: {', '.join(self.names())}{form}")
+            raise ConfigError(field, name, f"unknown {self.kind}; known: {', '.join(self.names())}{form}",
+                              choices=self.names())
         return self._entries[key]
 
     def _from_path(self, target: str, field: str) -> T:

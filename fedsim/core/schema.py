@@ -233,7 +233,8 @@ def parse(cls: type[T], data: Any, path: str) -> T:
     for key in data:
         if key not in fields:
             allowed = ", ".join(fields) or "no keys"
-            raise ConfigError(f"{path}.{key}" if path else str(key), data[key], f"unknown key; allowed: {allowed}")
+            raise ConfigError(f"{path}.{key}" if path else str(key), data[key], f"unknown key; allowed: {allowed}",
+                              choices=fields, typo=key)
     values: dict[str, Any] = {}
     for name, f in fields.items():
         fpath = f"{path}.{name}" if path else name
@@ -262,7 +263,8 @@ def parse(cls: type[T], data: Any, path: str) -> T:
             raise ConfigError(fpath, MISSING, f"required ({_type_name(hints[name])})")
         meta = f.metadata
         if meta.get("choices") is not None and value not in meta["choices"]:
-            raise ConfigError(fpath, value, f"must be one of {', '.join(map(str, meta['choices']))}")
+            raise ConfigError(fpath, value, f"must be one of {', '.join(map(str, meta['choices']))}",
+                              choices=meta["choices"])
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             check_range(fpath, value, meta)
         elif isinstance(value, tuple):
