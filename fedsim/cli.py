@@ -119,16 +119,13 @@ def write_report(dirs: list[str], target: float | None, out: str | None) -> tupl
     return html_path, compare.write_csv(rows, html_path.with_name("summary.csv"))
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, turned into an exception so a run stops as it does on Ctrl-C: executors
-    shut down (no Ray process left), what was written stays."""
-
-
 _TERMINATED: list[bool] = []
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
     _TERMINATED.append(True)  # remembered: libraries may re-raise a plain KeyboardInterrupt
+    from fedsim.interrupt import Terminated
+
     raise Terminated()
 
 
@@ -251,7 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         if frames:  # the user's own code raised: their frames only, below the one line
             print("your code's traceback (most recent call last):\n" + frames.rstrip(), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from fedsim.interrupt import RunInterrupted
+
+        if isinstance(exc, RunInterrupted):
+            return _say_interrupted(exc)
         if _TERMINATED:
             print("fedsim: terminated (SIGTERM); results written so far are kept", file=sys.stderr)
             return 143
@@ -263,6 +264,18 @@ def main(argv: list[str] | None = None) -> int:
             return 143
         raise
     return 1
+
+
+def _say_interrupted(exc: KeyboardInterrupt) -> int:
+    """The one line of a run stopped by Ctrl-C / SIGTERM, with the command that resumes it."""
+    what = "terminated (SIGTERM)" if exc.signum == signal.SIGTERM else "interrupted"
+    where = ""
+    if exc.out_dir is not None:
+        saved = (f"checkpoint at round {exc.checkpoint_round}" if exc.checkpoint_round
+                 else "no checkpoint yet: a resume starts over")
+        where = f"; results so far in {exc.out_dir} ({saved}); resume: fedsim run --resume {exc.out_dir}"
+    print(one_line(f"fedsim: {what} after round {exc.rounds_done}{where}"), file=sys.stderr)
+    return 128 + exc.signum
 
 
 if __name__ == "__main__":

@@ -11,7 +11,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import json
 import logging
+import signal
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp.strategy import Result
 
-from fedsim import report
+from fedsim import interrupt, report
 from fedsim.clients.codecs import build_pipeline
 from fedsim.config import Config, load_config
 from fedsim.core import seeding
@@ -32,7 +35,7 @@ from fedsim.engine.grid import SimulationGrid, expects_model_replies
 from fedsim.engine.metrics import Recorder
 from fedsim.engine.system import SystemModel
 from fedsim.progress import RoundProgress
-from fedsim.runsetup import RunSetup, check_checkpointable, make_app_ref, prepare
+from fedsim.runsetup import RunSetup, check_checkpointable, checkpointable, make_app_ref, prepare
 
 log = logging.getLogger("fedsim")
 
@@ -42,7 +45,8 @@ class RunResult:
     """What a run produced. ``history`` holds the metrics.jsonl records (round 0 = initial model);
     ``arrays`` the final global model (never empty: the last good one if nothing aggregated);
     ``flower_result`` Flower's own ``Result`` of ``Strategy.start`` (its per-round metric records);
-    ``stopped`` the reason the run stopped early, or None."""
+    ``stopped`` the reason the run stopped early, or None. An interrupted run raises
+    `fedsim.interrupt.RunInterrupted` instead (its folder resumes it)."""
 
     config: Config
     history: list[dict[str, Any]]
@@ -150,6 +154,11 @@ def resume(out_dir: str | Path, overrides: Iterable[str] = (), accept: Iterable[
     if not (out / report.CONFIG).is_file():
         raise ConfigError("--resume", str(out), "is not a run folder (no config.toml)")
     cfg = load_config(out / report.CONFIG, overrides)
+    if not (out / checkpoint.FILE).is_file() and _interrupted_before_a_save(out):
+        log.warning("%s was interrupted before its first checkpoint: the run starts over in it", out)
+        for name in (report.METRICS, report.SUMMARY):
+            (out / name).unlink(missing_ok=True)
+        return _run(cfg, out, report.RunWriter(out), None)
     ck = checkpoint.load(out)
     changed = resuming.verify(ck.scenario, cfg.to_dict(), cfg.run.rounds, ck.round, accept)
     writer = report.RunWriter.reopen(out, keep_rounds=ck.round)
@@ -162,6 +171,15 @@ def resume(out_dir: str | Path, overrides: Iterable[str] = (), accept: Iterable[
         result.summary["resumed_with_changes"] = {c.field: [c.old, c.new] for c in changed}
         writer.write_summary(result.summary)
     return result
+
+
+def _interrupted_before_a_save(out: Path) -> bool:
+    """The folder's run was interrupted (or killed) and never saved a checkpoint."""
+    try:
+        summary = json.loads((out / report.SUMMARY).read_text())
+    except (OSError, ValueError):
+        return True  # no summary: the run never finished
+    return isinstance(summary, dict) and summary.get("status") == "interrupted" and not summary.get("checkpoint_round")
 
 
 ROUND_METHODS = ("configure_train", "aggregate_train", "configure_evaluate", "aggregate_evaluate")
@@ -219,7 +237,8 @@ class RoundEnd:
     record, checkpoints; it remembers the last non-empty global model."""
 
     def __init__(self, setup: RunSetup, recorder: Recorder, grid: SimulationGrid, executor: Any, prober: Any,
-                 out: Path | None, start_round: int, resumed: bool, ledger: Any = None) -> None:
+                 out: Path | None, start_round: int, resumed: bool, ledger: Any = None,
+                 schedule: checkpoint.Schedule | None = None, stop: interrupt.StopRequest | None = None) -> None:
         self.ledger = ledger  # privacy accounting (fedsim.privacy.Ledger), when a DP mechanism runs
         self.setup = setup
         self.cfg = setup.cfg
@@ -231,6 +250,8 @@ class RoundEnd:
         self.start_round = start_round
         self.resumed = resumed
         self.last_good: ArrayRecord = setup.initial
+        self.schedule = schedule or checkpoint.Schedule(0)
+        self.stop = stop
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if len(arrays) > 0:
@@ -251,13 +272,13 @@ class RoundEnd:
                 self.ledger.record(*self.recorder.open_releases())
             self.recorder.pending.update(self.ledger.epsilon())
         self.recorder.close_round(server_round, central)
-        every = cfg.run.checkpoint_every
-        if every and self.out is not None and server_round > 0 and server_round % every == 0:
-            counters, nodes, codec_state, messages = self.grid.checkpoint_state()
-            if self.ledger is not None:
-                counters["privacy"] = self.ledger.state()
-            checkpoint.save(self.out, server_round, arrays, self.setup.strategy, nodes, counters, codec_state,
-                            messages=messages, scenario=cfg.to_dict())
+        stopping = self.stop is not None and self.stop.requested and server_round < cfg.run.rounds
+        if stopping:
+            self.stop.cancel()  # the round's end is reached: no need to force the stop
+        if self.out is not None and (self.schedule.due(server_round) or (stopping and server_round > 0)):
+            self.save(server_round, arrays)
+        if stopping:
+            raise KeyboardInterrupt()
         if self.ledger is not None and server_round < cfg.run.rounds:
             why = self.ledger.over_budget()
             if why is not None:
@@ -265,6 +286,16 @@ class RoundEnd:
         if central is None:
             return None
         return MetricRecord({"loss": central[0], "accuracy": central[1]})
+
+    def save(self, server_round: int, arrays: ArrayRecord) -> None:
+        assert self.out is not None
+        start = time.perf_counter()
+        counters, nodes, codec_state, messages = self.grid.checkpoint_state()
+        if self.ledger is not None:
+            counters["privacy"] = self.ledger.state()
+        checkpoint.save(self.out, server_round, arrays, self.setup.strategy, nodes, counters, codec_state,
+                        messages=messages, scenario=self.cfg.to_dict())
+        self.schedule.saved(server_round, time.perf_counter() - start)
 
 
 # ------------------------------------------------------------------ the run
@@ -346,24 +377,31 @@ def _run(cfg: Config, out: Path | None, writer: report.RunWriter | None, ck: Any
                         "no differential privacy (privacy_epsilon is infinite, null in metrics.jsonl)")
         if ck is not None and ledger.active:
             ledger.load(ck.grid.get("privacy", {"central_rounds": 0, "per_client": {}}))
+        schedule = _schedule(cfg, strategy, out, ck)
         round_end = RoundEnd(setup, recorder, grid, executor, prober, out, 0 if setup.own_loop else start_round,
-                             resumed=ck is not None, ledger=ledger if ledger.active else None)
-        result, stopped = Result(arrays=initial), None
-        try:
-            with progress:
-                seeding.seed_python_random(cfg.run.seed, 0, "start")
-                # Under the deadline policies the timeout is the round's virtual deadline.
-                timeout = cfg.round.deadline if cfg.round.deadline is not None else cfg.server.timeout
-                left = cfg.run.rounds - (0 if setup.own_loop else start_round)
-                if left > 0:  # (a run resumed after its last round's checkpoint has nothing left)
-                    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=left, timeout=timeout,
-                                            evaluate_fn=round_end)
-        except (RunStopped, ClientTimeout) as exc:
-            stopped = str(exc)
-        finally:
-            executor.shutdown()
-            if tracker is not None:
-                tracker.close()
+                             resumed=ck is not None, ledger=ledger if ledger.active else None, schedule=schedule)
+        result, stopped, signalled = Result(arrays=initial), None, None
+        with interrupt.graceful() as stop:
+            round_end.stop = stop
+            try:
+                with progress:
+                    seeding.seed_python_random(cfg.run.seed, 0, "start")
+                    # Under the deadline policies the timeout is the round's virtual deadline.
+                    timeout = cfg.round.deadline if cfg.round.deadline is not None else cfg.server.timeout
+                    left = cfg.run.rounds - (0 if setup.own_loop else start_round)
+                    if left > 0:  # (a run resumed after its last round's checkpoint has nothing left)
+                        result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=left, timeout=timeout,
+                                                evaluate_fn=round_end)
+            except (RunStopped, ClientTimeout) as exc:
+                stopped = str(exc)
+            except KeyboardInterrupt as exc:
+                signalled = stop.signum or (signal.SIGTERM if isinstance(exc, interrupt.Terminated) else signal.SIGINT)
+            finally:
+                executor.shutdown()
+                if tracker is not None:
+                    tracker.close()
+        if signalled is not None:
+            raise _interrupted(cfg, recorder, writer, out, schedule.last_round, signalled)
         if stopped is None:
             try:
                 recorder.flush()  # a strategy with its own start() may not call evaluate_fn every round
@@ -373,6 +411,31 @@ def _run(cfg: Config, out: Path | None, writer: report.RunWriter | None, ck: Any
     done = result.arrays if stopped is None and result.arrays is not None and len(result.arrays) > 0 else None
     final = done if done is not None else round_end.last_good
     return _finish(cfg, setup, recorder, app_ref, final, result, stopped, writer, out, paths)
+
+
+def _schedule(cfg: Config, strategy: Any, out: Path | None, ck: Any) -> checkpoint.Schedule:
+    every = cfg.run.checkpoint_every
+    if every is None and (out is None or not checkpointable(strategy)):
+        every = 0  # the automatic default does without where it cannot save
+    schedule = checkpoint.Schedule(every)
+    schedule.last_round = ck.round if ck is not None else None
+    return schedule
+
+
+def _interrupted(cfg: Config, recorder: Recorder, writer: report.RunWriter | None, out: Path | None,
+                 saved: int | None, signum: int) -> interrupt.RunInterrupted:
+    """A signal stopped the run: a summary of the rounds done, marked interrupted (no final
+    model, no plots: the run is not over), and the exception that says how to resume."""
+    done = recorder.records[-1]["round"] if recorder.records else 0
+    if writer is not None:
+        summary = {"name": cfg.run.name, "seed": cfg.run.seed, "data_seed": cfg.data_seed,
+                   "executor": cfg.executor.name, "strategy": cfg.strategy.name, "dataset": cfg.data.dataset.name,
+                   "num_clients": cfg.data.num_clients, **report.summarize(recorder.records),
+                   "status": "interrupted", "interrupted_after_round": done, "checkpoint_round": saved}
+        writer.write_summary(summary)
+    log.warning("run interrupted after round %d%s", done,
+                f"; checkpoint at round {saved}" if saved else "; no checkpoint yet (a resume starts over)")
+    return interrupt.RunInterrupted(out, done, saved, signum)
 
 
 def _restore(ck: Any, setup: RunSetup, grid: SimulationGrid, recorder: Recorder,
@@ -401,6 +464,7 @@ def _finish(cfg: Config, setup: RunSetup, recorder: Recorder, app_ref: Any, fina
     summary = {"name": cfg.run.name, "seed": cfg.run.seed, "data_seed": cfg.data_seed,
                "executor": cfg.executor.name, "strategy": cfg.strategy.name, "dataset": cfg.data.dataset.name,
                "num_clients": cfg.data.num_clients, **report.summarize(recorder.records)}
+    summary["status"] = "completed" if stopped is None else "stopped"
     if stopped is not None:
         summary["stopped"] = stopped
         log.error("run stopped: %s", stopped)

@@ -132,9 +132,15 @@ def check_model(model: torch.nn.Module, data: FederatedData, name: str) -> None:
                                        f"expected {want}: one logit per class ({data.num_classes} classes)")
 
 
+def checkpointable(strategy: Strategy) -> bool:
+    """A strategy that runs Flower's own round loop, or says how to save its state."""
+    return type(strategy).start is Strategy.start or callable(getattr(strategy, "fedsim_state", None))
+
+
 def check_checkpointable(cfg: Config, strategy: Strategy) -> None:
-    if (cfg.run.checkpoint_every and type(strategy).start is not Strategy.start
-            and not callable(getattr(strategy, "fedsim_state", None))):
+    """Asked-for checkpoints (``run.checkpoint_every`` = N) need a checkpointable strategy;
+    the automatic default just does without."""
+    if cfg.run.checkpoint_every and not checkpointable(strategy):
         raise ConfigError("run.checkpoint_every", cfg.run.checkpoint_every,
                           f"strategy {cfg.strategy.name!r} drives its own rounds (start() overridden) and does "
                           "not expose fedsim_state() / fedsim_load_state(); set 0")

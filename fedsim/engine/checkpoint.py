@@ -1,6 +1,8 @@
 """Checkpoints: everything a run needs to continue bit-identically, in one safetensors file.
 
-``[run] checkpoint_every = N`` saves, after every N-th round, ``<run>/checkpoint.safetensors``:
+``[run] checkpoint_every = N`` saves, after every N-th round, ``<run>/checkpoint.safetensors``
+(unset, the default: automatically, as often as keeps saving under 2 % of the run's time,
+see `Schedule`; 0: never):
 
 - the global arrays (``global/<name>``);
 - the strategy's state: every attribute of the Strategy object holding arrays or plain
@@ -30,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,36 @@ FILE = "checkpoint.safetensors"
 FORMAT = 2
 KINDS = ("ndarray", "ArrayRecord", "dict", "list", "plain", "json")
 _PLAIN = (bool, int, float, str, type(None))
+
+
+class Schedule:
+    """When a run saves: after every ``every``-th round, or (``every`` None) automatically:
+    after round 1 (which measures a save's cost), then whenever the time since the last
+    save is at least ``(1 - SHARE) / SHARE`` times that cost, so saving takes at most
+    ``SHARE`` of the run's time. Which rounds are saved then depends on the machine's
+    speed, never the numbers: a resume from any round continues bit-identically."""
+
+    SHARE = 0.02
+
+    def __init__(self, every: int | None) -> None:
+        self.every = every
+        self.cost: float | None = None
+        self.since = time.perf_counter()
+        self.last_round: int | None = None
+
+    def due(self, rnd: int) -> bool:
+        if rnd <= 0 or self.every == 0:
+            return False
+        if self.every is not None:
+            return rnd % self.every == 0
+        if self.cost is None:
+            return True
+        return time.perf_counter() - self.since >= self.cost * (1 - self.SHARE) / self.SHARE
+
+    def saved(self, rnd: int, seconds: float) -> None:
+        self.cost = seconds if self.cost is None else max(seconds, 0.5 * self.cost + 0.5 * seconds)
+        self.since = time.perf_counter()
+        self.last_round = rnd
 
 
 @dataclass
