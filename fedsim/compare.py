@@ -44,6 +44,10 @@ NOT_SETUP = ("report.", "run.checkpoint_every")
 #: Keys that name a run or draw its seeds: in the setup when equal, never a label (runs that
 #: differ only in these are seeds of one configuration).
 NOT_LABELS = ("run.name", "run.seed", "data.seed")
+#: Keys about the algorithm (strategy, round policy, local training, codecs, selection) come
+#: first among the differing keys: they are a plot's lines; the others (data, devices,
+#: network, ...: the heterogeneity) its panels.
+ALGORITHM_KEYS = ("strategy.", "round.", "client.", "codec", "codec.", "selection.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +147,8 @@ def _run(folder: Path, group: str, seed: int | None, point: dict[str, Any], cell
     status = _status(summary, cell_status)
     if summary is None:
         summary = {"name": (config or {}).get("run.name", folder.name), "seed": (config or {}).get("run.seed", 0),
-                   **summarize_records(records), "status": INTERRUPTED}
+                   **summarize_records([{"bytes_down": 0, "bytes_up": 0, "failures": [], **r} for r in records]),
+                   "status": INTERRUPTED}
     if seed is None:
         seed = int(summary.get("seed", (config or {}).get("run.seed", 0)))
     return Run(folder, group, seed, records, summary, dict(point), config, status, dict(point))
@@ -200,7 +205,8 @@ def load(paths: Sequence[str | Path]) -> Loaded:
     loaded = Loaded(runs, failed, axes, targets[0] if targets else 0.8, pending)
     configs = [r.config for r in runs if r.config is not None]
     loaded.setup, differing = compare_configs(configs)
-    loaded.differing = [k for k in differing if not _is(k, NOT_SETUP + NOT_LABELS)]
+    loaded.differing = sorted((k for k in differing if not _is(k, NOT_SETUP + NOT_LABELS)),
+                              key=lambda k: not _is(k, ALGORITHM_KEYS))
     if not (sweeps == 1 and len(paths) == 1):
         _label_by_config(loaded)
     return loaded
