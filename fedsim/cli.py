@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_dep.add_argument("--out", required=True, help="the app folder to write")
     p_dep.add_argument("--port", type=int, default=9093, help="the SuperLink port in the printed commands")
 
-    p_check = sub.add_parser("check", help="validate a scenario (config, data, model, strategy) without training")
+    p_check = sub.add_parser("check", help="validate a scenario (config, data, model, strategy) without training; "
+                                           "a sweep file: every cell")
     p_check.add_argument("scenario", help="path to a scenario .toml, or a preset name")
     p_check.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
 
@@ -194,28 +195,61 @@ def main(argv: list[str] | None = None) -> int:
                 print("  " + line)
             return 0
         if args.command == "check":
+            from fedsim.config import load_toml
             from fedsim.runner import check
 
-            info = check(resolve_scenario(args.scenario), args.overrides)
+            path = resolve_scenario(args.scenario)
+            if "sweep" in load_toml(path):  # every cell: its config, and each distinct set-up (seeds aside)
+                import json
+
+                from fedsim.sweeps import _blame, load_sweep
+
+                sweep = load_sweep(path, args.overrides)
+                checked: set[str] = set()
+                for cell in sweep.cells:
+                    cfg = sweep.config(cell)
+                    plain = cfg.to_dict()
+                    plain["run"].pop("seed")
+                    plain["run"].pop("name")
+                    key = json.dumps(plain, sort_keys=True, default=str)
+                    if key in checked:
+                        continue
+                    checked.add(key)
+                    for line in cfg.warnings():
+                        fedsim_log.warning("%s (sweep cell %s)", line, cell.label)
+                    try:
+                        check(cfg)
+                    except ConfigError as exc:
+                        named = _blame(exc, cell, sweep.spec)  # the sweep axis or variant, when it is to blame
+                        blamed = ConfigError(named.field, named.value, f"{named.allowed} (sweep cell {cell.label})")
+                        blamed.user_frames = getattr(exc, "user_frames", "")  # type: ignore[attr-defined]
+                        raise blamed from None
+                name = sweep.base.get("run", {}).get("name", "sweep")
+                print(f"{name}: {len(sweep.cells)} cells ok ({len(checked)} distinct set-ups checked; "
+                      f"`fedsim sweep` runs them)")
+                return 0
+            info = check(path, args.overrides)
             print(f"{info['name']}: ok - {info['clients']} clients ({info['smallest_client']}-{info['largest_client']} "
                   f"examples each, {info['examples']} in all), model {info['model']}, strategy {info['strategy']}, "
                   f"{info['rounds']} rounds")
             return 0
         if args.command == "sweep":
-            from fedsim.sweeps import load_sweep, run_sweep
+            from fedsim.sweeps import SweepInterrupted, default_out, load_sweep, run_sweep
 
             if args.parallel is not None and args.parallel < 1:
                 raise ConfigError("--parallel", args.parallel, "must be a number of processes >= 1")
             sweep = load_sweep(resolve_scenario(args.scenario), args.overrides)
-            name = sweep.base.get("run", {}).get("name", "sweep")
-            out = Path(args.out) if args.out else Path("results") / f"{name}-sweep"
+            out = Path(args.out) if args.out else default_out(sweep)
 
             def on_cell(cell: dict) -> None:
                 extra = f": {cell['error']}" if cell["error"] else ""
                 print(one_line(f"  {cell['id']} [{cell['label']}, seed {cell['seed']}] {cell['status']}{extra}"),
                       flush=True)
 
-            manifest = run_sweep(sweep, out, yes=args.yes, parallel=args.parallel, on_cell=on_cell)
+            try:
+                manifest = run_sweep(sweep, out, yes=args.yes, parallel=args.parallel, on_cell=on_cell)
+            except SweepInterrupted as exc:
+                return _say_sweep_interrupted(exc, args)
             done = sum(c["status"] == "done" for c in manifest["cells"])
             failed = sum(c["status"] == "failed" for c in manifest["cells"])
             html_path, csv_path = write_report([str(out)], args.target, None)
@@ -264,6 +298,18 @@ def main(argv: list[str] | None = None) -> int:
             return 143
         raise
     return 1
+
+
+def _say_sweep_interrupted(exc: KeyboardInterrupt, args: argparse.Namespace) -> int:
+    """A sweep stopped by Ctrl-C / SIGTERM: its cells' states, and the command that resumes it."""
+    cells = exc.manifest["cells"]
+    counts = {s: sum(c["status"] == s for c in cells) for s in ("done", "failed", "interrupted", "pending")}
+    again = " ".join(["fedsim sweep", args.scenario, *(f"--set {o}" for o in args.overrides), "--out", str(exc.out_dir)])
+    what = "terminated (SIGTERM)" if exc.signum == signal.SIGTERM else "interrupted"
+    print(one_line(f"fedsim: sweep {what}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+                   + f" of {len(cells)} cells (states in {exc.out_dir / 'sweep.json'}); resume: {again}"),
+          file=sys.stderr)
+    return 128 + exc.signum
 
 
 def _say_interrupted(exc: KeyboardInterrupt) -> int:

@@ -20,33 +20,49 @@ first, before the ``axes``)::
 ``fedsim sweep FILE`` expands the cartesian product (axes in the order written, seeds
 last), validates every cell before running any, runs them (each deterministic), and
 keeps ``sweep.json`` in the output folder: every cell's overrides, seed, folder, status
-and error. Re-running the command skips completed cells (their folder holds
-summary.json) and redoes the rest, so an interrupted sweep resumes. A cell that fails is
-recorded with its error and the sweep goes on.
+(done, failed, interrupted, pending), error and the digest of its resolved configuration.
+
+A cell is its resolved configuration (base file, variants, axes, ``--set``; the
+``[report]`` section aside, which changes no number). Re-running the command skips a cell
+whose folder holds a finished run of the *same* configuration, redoes one whose
+configuration changed (saying which fields), resumes one that was interrupted (from its
+checkpoint: the same numbers as an uninterrupted run) and runs the rest. So a report never
+mixes results of different configurations. A cell that fails is recorded with its error and
+the sweep goes on.
+
+Ctrl-C (or SIGTERM) stops dispatching at once: the cells running stop at their round's end
+(see `fedsim.interrupt`), each cell's true state is written to ``sweep.json``, and
+re-running resumes exactly the unfinished cells.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import copy
 import dataclasses
 import hashlib
 import itertools
 import json
 import multiprocessing as mp
+import logging
 import os
 import shutil
+import signal
 import time
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fedsim.config import Config, from_dict, load_toml
+from fedsim import report
+from fedsim.config import Config, from_dict, load_config, load_toml, resolve_scenario
 from fedsim.core.errors import ConfigError
 from fedsim.core.schema import option, parse
+from fedsim.engine import checkpoint
 
 MANIFEST = "sweep.json"
+log = logging.getLogger("fedsim")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +148,7 @@ class Sweep:
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     from fedsim.core.overrides import apply_overrides
 
-    raw = apply_overrides(load_toml(path), overrides or [])
+    raw = apply_overrides(load_toml(resolve_scenario(path)), overrides or [])
     if "sweep" not in raw:
         raise ConfigError("sweep", None, "required: this scenario has no [sweep] table to expand")
     spec = parse(SweepSection, raw.pop("sweep"), "sweep")
@@ -189,23 +205,121 @@ def _blame(exc: ConfigError, cell: Cell, spec: SweepSection) -> ConfigError:
     return exc
 
 
-def _run_cell(payload: tuple[dict[str, Any], str]) -> tuple[str, str | None, float]:
-    """In a worker process: run one cell; (status, error, seconds)."""
-    raw, out = payload
+def identity(plain: dict[str, Any]) -> dict[str, Any]:
+    """What makes a cell's numbers: the resolved configuration without ``[report]``."""
+    return {k: v for k, v in plain.items() if k != "report"}
+
+
+def config_digest(plain: dict[str, Any]) -> str:
+    return checkpoint.digest_scenario(identity(plain))
+
+
+#: What a cell's folder holds, against the configuration the cell has now.
+NEW, DONE, CHANGED, RESUME = "new", "done", "changed", "resume"
+
+
+def folder_state(folder: Path, plain: dict[str, Any]) -> tuple[str, list[str]]:
+    """(state, the changed fields when CHANGED) of a cell's folder."""
+    if not (folder / report.CONFIG).is_file():
+        return NEW, []
+    from fedsim import resuming
+
+    try:
+        before = _plain(load_config(folder / report.CONFIG))
+    except ConfigError as exc:
+        return CHANGED, [f"its config.toml no longer loads ({exc})"]
+    changed = resuming.changes(identity(before), identity(plain))
+    if changed:
+        return CHANGED, [c.describe() for c in changed]
+    status = run_status(folder)
+    return (DONE, []) if status in ("completed", "stopped") else (RESUME, [])
+
+
+def run_status(folder: Path) -> str | None:
+    """A run folder's summary status: completed, stopped, interrupted; None without a summary."""
+    try:
+        summary = json.loads((folder / report.SUMMARY).read_text())
+    except (OSError, ValueError):
+        return None
+    return str(summary.get("status", "completed")) if isinstance(summary, dict) else None
+
+
+#: In a cell process: set by the sweep when it is stopping (no new cell starts then).
+_STOPPING: list[Any] = []
+
+
+def _worker_init(stopping: Any) -> None:
+    """A cell process ignores the terminal's Ctrl-C: the sweep stops it with SIGTERM."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _STOPPING.append(stopping)
+
+
+def _run_cell(payload: tuple[dict[str, Any], str, bool], in_worker: bool = True) -> tuple[str, str | None, float]:
+    """Run (or resume) one cell; (status, error, seconds). In a worker process an
+    interruption is a status; in the sweep's own process it propagates."""
+    raw, out, resume = payload
     start = time.perf_counter()
+    if _STOPPING and _STOPPING[0].is_set():
+        return "pending", None, 0.0  # queued before the sweep was stopped: not started
     try:
         import fedsim
 
-        fedsim.run(from_dict(raw), out_dir=out)
+        if resume:
+            fedsim.resume(out)
+        else:
+            fedsim.run(from_dict(raw), out_dir=out)
         return "done", None, time.perf_counter() - start
+    except KeyboardInterrupt:
+        if not in_worker:
+            raise
+        return "interrupted", None, time.perf_counter() - start
     except Exception as exc:  # noqa: BLE001 - a failed cell is recorded, the sweep goes on
         tb = traceback.extract_tb(exc.__traceback__)
         where = f" ({tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno})" if tb else ""
         return "failed", f"{type(exc).__name__}: {exc}{where}", time.perf_counter() - start
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C / SIGTERM stopped a sweep; ``manifest`` holds every cell's true state."""
+
+    def __init__(self, out_dir: Path, manifest: dict[str, Any], signum: int) -> None:
+        super().__init__("sweep interrupted")
+        self.out_dir = out_dir
+        self.manifest = manifest
+        self.signum = signum
+
+
+def _plan(sweep: Sweep, out: Path, previous: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[Cell, bool]]]:
+    """The manifest before running, and the cells to run (with: resume from a checkpoint?)."""
+    entries = {c["id"]: c for c in previous.get("cells", [])}
+    manifest = {"scenario": sweep.source, "target": sweep.spec.target, "axes": sweep.axes,
+                "seeds": sorted({c.seed for c in sweep.cells}), "cells": []}
+    todo: list[tuple[Cell, bool]] = []
+    for cell in sweep.cells:
+        folder = out / cell.id
+        plain = _plain(sweep.config(cell))
+        entry = {"id": cell.id, "index": cell.index, "label": cell.label, "point": cell.point, "overrides": cell.overrides,
+                 "seed": cell.seed, "dir": cell.id, "config_digest": config_digest(plain)}
+        state, changed = folder_state(folder, plain)
+        if state == DONE:
+            entry.update(status="done", error=None, wall_s=entries.get(cell.id, {}).get("wall_s"))
+        else:
+            if state == CHANGED:
+                log.warning("%s [%s, seed %d]: its configuration changed (%s): redone", cell.id, cell.label, cell.seed,
+                            "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else ""))
+            resume = state == RESUME and (folder / checkpoint.FILE).is_file()
+            if folder.exists() and not resume:
+                shutil.rmtree(folder)  # a changed cell, or one interrupted before its first checkpoint, starts over
+            entry.update(status="interrupted" if resume else "pending", error=None, wall_s=None)
+            todo.append((cell, resume))
+        manifest["cells"].append(entry)
+    return manifest, todo
+
+
 def run_sweep(sweep: Sweep, out_dir: str | Path, *, yes: bool = False, parallel: int | None = None,
               on_cell: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run the cells not yet done (see the module doc); the manifest. Ctrl-C / SIGTERM end
+    it with `SweepInterrupted` once every running cell has stopped and been recorded."""
     out = Path(out_dir)
     if len(sweep.cells) > sweep.spec.max_cells and not yes:
         raise ConfigError("sweep", f"{len(sweep.cells)} cells", f"more than sweep.max_cells ({sweep.spec.max_cells}); "
@@ -213,28 +327,13 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, *, yes: bool = False, parallel:
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
     previous = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    entries = {c["id"]: c for c in previous.get("cells", [])}
-    manifest = {"scenario": sweep.source, "target": sweep.spec.target, "axes": sweep.axes,
-                "seeds": sorted({c.seed for c in sweep.cells}), "cells": []}
-    todo = []
-    for cell in sweep.cells:
-        folder = out / cell.id
-        entry = {"id": cell.id, "index": cell.index, "label": cell.label, "point": cell.point, "overrides": cell.overrides,
-                 "seed": cell.seed, "dir": cell.id}
-        if (folder / "summary.json").exists():
-            entry.update(status="done", error=None, wall_s=entries.get(cell.id, {}).get("wall_s"))
-        else:
-            if folder.exists():
-                shutil.rmtree(folder)  # an interrupted cell starts over
-            entry.update(status="pending", error=None, wall_s=None)
-            todo.append(cell)
-        manifest["cells"].append(entry)
+    manifest, todo = _plan(sweep, out, previous)
     _write(manifest_path, manifest)
     by_id = {e["id"]: e for e in manifest["cells"]}
     uses_ray = sweep.base.get("executor", {}).get("name") == "ray"
     workers = 1 if uses_ray else (parallel or sweep.spec.parallel or os.cpu_count() or 1)
     workers = max(1, min(workers, len(todo))) if todo else 1
-    payloads = {cell.id: (_plain(sweep.config(cell)), str(out / cell.id)) for cell in todo}
+    payloads = {cell.id: (_plain(sweep.config(cell)), str(out / cell.id), resume) for cell, resume in todo}
 
     def record(cell_id: str, result: tuple[str, str | None, float]) -> None:
         status, error, seconds = result
@@ -243,19 +342,109 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, *, yes: bool = False, parallel:
         if on_cell is not None:
             on_cell(by_id[cell_id])
 
-    if workers == 1:
-        for cell in todo:
-            record(cell.id, _run_cell(payloads[cell.id]))
-    else:
-        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(_run_cell, payloads[cell.id]): cell.id for cell in todo}
-            for fut in cf.as_completed(futures):
-                try:
-                    result = fut.result()
-                except Exception as exc:  # noqa: BLE001 - e.g. a worker killed by the OS
-                    result = ("failed", f"{type(exc).__name__}: {exc}", 0.0)
-                record(futures[fut], result)
+    try:
+        if workers == 1:
+            for cell, _ in todo:
+                record(cell.id, _run_cell(payloads[cell.id], in_worker=False))
+        else:
+            _run_parallel(payloads, workers, record)
+    except KeyboardInterrupt as exc:
+        _settle(out, manifest, manifest_path)
+        signum = getattr(exc, "signum", signal.SIGTERM if type(exc).__name__ == "Terminated" else signal.SIGINT)
+        raise SweepInterrupted(out, manifest, signum) from None
     return manifest
+
+
+def _run_parallel(payloads: dict[str, tuple[dict[str, Any], str, bool]], workers: int,
+                  record: Callable[[str, tuple[str, str | None, float]], None]) -> None:
+    """Cells in spawned processes, which ignore Ctrl-C; on Ctrl-C (or SIGTERM) here, each gets
+    SIGTERM (its run stops at the round's end) and nothing more is dispatched."""
+    ctx = mp.get_context("spawn")
+    stopping = ctx.Event()
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(stopping,))
+    futures: dict[cf.Future, str] = {}
+    try:
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the workers start ignoring it too
+        try:
+            futures = {pool.submit(_run_cell, payload): cell_id for cell_id, payload in payloads.items()}
+        finally:
+            signal.signal(signal.SIGINT, old)
+        for fut in cf.as_completed(futures):
+            record(futures[fut], _outcome(fut))
+    except KeyboardInterrupt:
+        stopping.set()
+        for fut in futures:
+            fut.cancel()
+        for proc in list(getattr(pool, "_processes", {}).values()):  # (no public way to reach the workers)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(proc.pid, signal.SIGTERM)
+        done, _ = cf.wait([f for f in futures if not f.cancelled()], timeout=60)
+        for fut in done:
+            if not fut.cancelled() and fut.exception() is None and fut.result()[0] in ("done", "failed"):
+                record(futures[fut], fut.result())  # the rest: as their folders say (_settle)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _outcome(fut: cf.Future) -> tuple[str, str | None, float]:
+    try:
+        return fut.result()
+    except Exception as exc:  # noqa: BLE001 - e.g. a worker killed by the OS
+        return ("failed", f"{type(exc).__name__}: {exc}", 0.0)
+
+
+def _settle(out: Path, manifest: dict[str, Any], manifest_path: Path) -> None:
+    """After an interruption: each unfinished cell's state as its folder says it."""
+    for entry in manifest["cells"]:
+        if entry["status"] in ("done", "failed"):
+            continue
+        status = run_status(out / entry["dir"])
+        if status in ("completed", "stopped"):
+            entry["status"] = "done"
+        elif status == "interrupted" or (out / entry["dir"] / checkpoint.FILE).is_file():
+            entry["status"] = "interrupted"
+        else:
+            entry["status"] = "pending"
+    _write(manifest_path, manifest)
+
+
+@dataclasses.dataclass
+class SweepResult:
+    """What ``fedsim.sweep`` returns: the sweep folder and its manifest (``cells``: each cell's
+    id, label, point, seed, status, error, folder). ``runs()`` loads the cells' results."""
+
+    out_dir: Path
+    manifest: dict[str, Any]
+
+    @property
+    def cells(self) -> list[dict[str, Any]]:
+        return list(self.manifest["cells"])
+
+    def count(self, status: str) -> int:
+        return sum(c["status"] == status for c in self.manifest["cells"])
+
+    def runs(self) -> Any:
+        """The cells' runs, loaded (`fedsim.load_runs`): typed results, ``frame()`` for pandas."""
+        import fedsim
+
+        return fedsim.load_runs([self.out_dir])
+
+
+def default_out(sweep: Sweep) -> Path:
+    return Path("results") / f"{sweep.base.get('run', {}).get('name', 'sweep')}-sweep"
+
+
+def sweep(config: str | Path, *, overrides: list[str] | tuple[str, ...] = (), out_dir: str | Path | None = None,
+          parallel: int | None = None, yes: bool = False) -> SweepResult:
+    """Run a scenario's ``[sweep]`` grid (a file, or a preset such as ``quickstart-sweep``),
+    as ``fedsim sweep`` does: cells already done with the same configuration are kept.
+    Ctrl-C raises `SweepInterrupted` once every cell's state is recorded."""
+    if parallel is not None and parallel < 1:
+        raise ConfigError("parallel", parallel, "must be a number of processes >= 1")
+    grid = load_sweep(config, list(overrides))
+    out = Path(out_dir) if out_dir is not None else default_out(grid)
+    return SweepResult(out, run_sweep(grid, out, yes=yes, parallel=parallel))
 
 
 def _plain(cfg: Config) -> dict[str, Any]:
