@@ -13,6 +13,7 @@ import pytest
 
 from fedsim.engine.metrics import without_wall
 from fedsim.report import read_metrics
+from tests.clirun import fedsim_main
 
 ROOT = Path(__file__).resolve().parents[1]
 W1APP = ROOT / "benchmarks" / "w1app"
@@ -25,7 +26,7 @@ def fedsim_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 def test_cli_run_preset_writes_results(tmp_path: Path) -> None:
     out = tmp_path / "qs"
-    proc = fedsim_cli("run", "quickstart", "--set", "run.rounds=3", "--set", "data.num_clients=8", "--out", str(out))
+    proc = fedsim_main("run", "quickstart", "--set", "run.rounds=3", "--set", "data.num_clients=8", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "final centralized accuracy" in proc.stdout and str(out) in proc.stdout
     records = read_metrics(out)
@@ -36,7 +37,7 @@ def test_cli_run_preset_writes_results(tmp_path: Path) -> None:
 
 
 def test_cli_presets_lists_shipped_scenarios() -> None:
-    proc = fedsim_cli("presets")
+    proc = fedsim_main("presets")
     assert proc.returncode == 0 and {"quickstart", "synthetic"} <= set(proc.stdout.split())
 
 
@@ -64,9 +65,9 @@ def test_run_app_runs_an_unmodified_flower_app_serial_and_ray(tmp_path: Path) ->
 
 
 def test_run_app_bad_folder_and_bad_key(tmp_path: Path) -> None:
-    proc = fedsim_cli("run-app", str(tmp_path))
+    proc = fedsim_main("run-app", str(tmp_path))
     assert proc.returncode == 2 and "pyproject.toml" in proc.stderr and "Traceback" not in proc.stderr
-    proc = fedsim_cli("run-app", str(W1APP), "--run-config", "num-rounds=3")
+    proc = fedsim_main("run-app", str(W1APP), "--run-config", "num-rounds=3")
     assert proc.returncode == 2 and "unknown key" in proc.stderr and "num-server-rounds" in proc.stderr
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from fedsim.config import apply_overrides, from_dict, load_config
 from fedsim.core.errors import ConfigError
+from tests.clirun import fedsim_main
 from tests.conftest import tiny_raw
 
 PRESETS = Path(__file__).resolve().parents[1] / "scenarios" / "presets"
@@ -142,7 +141,7 @@ def test_malformed_and_missing_toml(tmp_path: Path) -> None:
     ],
 )
 def test_cli_reports_one_line_and_exit_2(args: list[str]) -> None:
-    proc = subprocess.run([sys.executable, "-m", "fedsim.cli", *args], capture_output=True, text=True, timeout=120)
+    proc = fedsim_main(*args)
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("fedsim: error: "), proc.stderr

@@ -17,6 +17,7 @@ import fedsim
 from fedsim.core.errors import ConfigError
 from fedsim.report import read_metrics
 from fedsim.sweeps import MANIFEST, load_sweep, run_sweep
+from tests.clirun import fedsim_main
 from tests.conftest import tiny_raw
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +91,7 @@ def test_cli_bad_sweeps_exit_2_with_one_line(tmp_path: Path) -> None:
     big = write_scenario(tmp_path, {"seeds": [0, 1, 2], "max_cells": 2, "axes": {"client.lr": [0.1, 0.2]}},
                          name="big.toml")
     for path, field in ((unknown, "sweep.axes.client.lrr"), (empty, "sweep.axes.client.lr"), (big, "sweep ")):
-        proc = fedsim_cli("sweep", str(path), "--out", str(tmp_path / "out"))
+        proc = fedsim_main("sweep", str(path), "--out", str(tmp_path / "out"))
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"fedsim: error: {field}"), proc.stderr
