@@ -122,13 +122,10 @@ def test_lora_on_a_cnn_adapts_conv_layers() -> None:
 
 
 def test_lora_errors_exit_2_from_the_cli(tmp_path: Path) -> None:
-    import subprocess
-    import sys
+    from tests.clirun import fedsim_main
 
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-m", "fedsim.cli", "run", "quickstart", "--set", "run.rounds=1",
-                           "--set", 'codec=[{name="lora", base="init", target_modules=["fc9"]}]',
-                           "--out", str(tmp_path / "x")], cwd=root, capture_output=True, text=True, timeout=300)
+    proc = fedsim_main("run", "quickstart", "--set", "run.rounds=1",
+                       "--set", 'codec=[{name="lora", base="init", target_modules=["fc9"]}]', "--out", str(tmp_path / "x"))
     assert proc.returncode == 2 and "codec[0].target_modules" in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -21,6 +21,7 @@ from fedsim.config import from_dict
 from fedsim.core.errors import ConfigError
 from fedsim.engine.metrics import without_wall
 from fedsim.runner import check
+from tests.clirun import fedsim_main
 from tests.conftest import tiny_raw
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -250,12 +251,12 @@ def test_registered_plugins_reach_sweep_processes(tmp_path: Path) -> None:
 
 
 def test_fedsim_check_validates_plugins_by_path_and_a_misspelled_path_exits_2() -> None:
-    ok = fedsim_cli("check", "quickstart", "--set", f'data.dataset={{name="{P}:blobs", n=200}}',
-                    "--set", f'model={{name="{P}:TinyNet", width=4}}',
-                    "--set", f'data.partitioner={{name="{P}:blocks"}}', "--set", "data.num_clients=4")
+    ok = fedsim_main("check", "quickstart", "--set", f'data.dataset={{name="{P}:blobs", n=200}}',
+                     "--set", f'model={{name="{P}:TinyNet", width=4}}',
+                     "--set", f'data.partitioner={{name="{P}:blocks"}}', "--set", "data.num_clients=4")
     assert ok.returncode == 0, ok.stderr
     assert "ok - 4 clients" in ok.stdout
-    bad = fedsim_cli("check", "quickstart", "--set", f'model={{name="{P}:TinyNett"}}')
+    bad = fedsim_main("check", "quickstart", "--set", f'model={{name="{P}:TinyNett"}}')
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "Traceback" not in bad.stderr
     assert bad.stderr.startswith("fedsim: error: model.name = 'tests.apps.plugins:TinyNett': module "), bad.stderr
@@ -367,9 +368,9 @@ def test_rounds_that_aggregate_nothing_stop_the_run_and_keep_the_initial_model(t
     initial = fedsim.run(cfg.replace(["run.rounds=1"]), write=False)
     assert all(np.array_equal(result.arrays[k].numpy(), initial.arrays[k].numpy()) for k in result.arrays)
     assert len(result.arrays) == 4
-    cli = fedsim_cli("run", "quickstart", "--set", "devices.seconds_per_sample=10.0", "--set",
+    cli = fedsim_main("run", "quickstart", "--set", "devices.seconds_per_sample=10.0", "--set",
                      'round.policy="deadline"', "--set", "round.deadline=1.0", "--set", "server.max_empty_rounds=1",
-                     "--set", "report.progress=false", "--out", str(tmp_path / "cli"))
+                      "--set", "report.progress=false", "--out", str(tmp_path / "cli"))
     assert cli.returncode == 3, cli.stderr
     assert "stopped" in cli.stdout or "stopped" in cli.stderr
 

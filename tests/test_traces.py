@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import pickle
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from fedsim.core.errors import ConfigError
 from fedsim.core.schema import parse
 from fedsim.scenarios.network import LinkModel, NetworkSection
 from fedsim.scenarios.traces import convert
+from tests.clirun import fedsim_main
 from tests.conftest import tiny_raw
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,9 +64,8 @@ def test_fedscale_pickles_become_fedsims_csv_files(tmp_path: Path) -> None:
 
 
 def test_the_cli_converts_and_refuses_a_pickle_that_would_run_code(tmp_path: Path) -> None:
-    ok = subprocess.run([sys.executable, "-m", "fedsim.cli", "traces", "import", "--capacity",
-                         str(write(tmp_path / "cap.pkl", CAPACITY)), "--out", str(tmp_path / "out")],
-                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    ok = fedsim_main("traces", "import", "--capacity", str(write(tmp_path / "cap.pkl", CAPACITY)),
+                     "--out", str(tmp_path / "out"))
     assert ok.returncode == 0 and "clients_capacity 3" in ok.stdout, ok.stderr
 
     marker = tmp_path / "pwned"
@@ -77,9 +75,7 @@ def test_the_cli_converts_and_refuses_a_pickle_that_would_run_code(tmp_path: Pat
             return (Path.touch, (marker,))
 
     (tmp_path / "evil.pkl").write_bytes(pickle.dumps({1: {"computation": Evil(), "communication": 1.0}}))
-    bad = subprocess.run([sys.executable, "-m", "fedsim.cli", "traces", "import", "--capacity",
-                          str(tmp_path / "evil.pkl"), "--out", str(tmp_path / "out2")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    bad = fedsim_main("traces", "import", "--capacity", str(tmp_path / "evil.pkl"), "--out", str(tmp_path / "out2"))
     assert bad.returncode == 2 and not marker.exists() and not (tmp_path / "out2").exists()
     assert bad.stderr.strip().splitlines() == [
         f"fedsim: error: --capacity = '{tmp_path / 'evil.pkl'}': not a plain pickle: refusing to load "
