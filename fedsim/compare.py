@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.core.errors import ConfigError
-from fedsim.report import CONFIG, METRICS, SUMMARY, read_metrics, summarize as summarize_records
+from fedsim.report import CONFIG, METRICS, SUMMARY, read_metrics
+from fedsim.report import summarize as summarize_records
 from fedsim.sweeps import MANIFEST, VARIANT, describe
 
 COMPLETED, STOPPED, INTERRUPTED = "completed", "stopped", "interrupted"
@@ -551,7 +552,7 @@ METRIC_COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
 
 #: What a column shows when it has nothing to say; a column showing only that is left out.
 EMPTY = {"-", "- / - / -"}
-EMPTY_BY_COLUMN = {"status": {COMPLETED}, **{name: {"-", "0"} for name in EVENTS}}
+EMPTY_BY_COLUMN = {"status": {COMPLETED}, "failures": {"0 clients, 0 cells"}, **{name: {"-", "0"} for name in EVENTS}}
 
 
 #: More differing keys than this: the rows are labelled in one column (their group label).
@@ -570,7 +571,7 @@ def label_columns(rows: list[dict[str, Any]]) -> tuple[list[str], Callable[[dict
 def shown_columns(rows: list[dict[str, Any]]) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
     """The metric columns with something to show: a column that is "-" in every row (no
     probe, no DP, no energy model, no per-client evaluation), an event that never happened,
-    and the status when every run completed are left out."""
+    failures when there were none, and the status when every run completed are left out."""
     return [(c, cell) for c, cell in METRIC_COLUMNS
             if not rows or any(cell(r) not in EMPTY_BY_COLUMN.get(c, EMPTY) for r in rows)]
 

@@ -23,8 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.compare import (EVENT_DOCS, EVENTS, Loaded, Run, label_columns, point_label, setup_line,
-                            shown_columns)
+from fedsim.compare import (
+    EVENT_DOCS,
+    EVENTS,
+    Loaded,
+    Run,
+    label_columns,
+    point_label,
+    setup_line,
+    shown_columns,
+)
 from fedsim.sweeps import describe
 
 

@@ -337,32 +337,64 @@ def chromium() -> tuple[str, str] | None:
 
 
 @pytest.fixture(scope="module")
-def quickstart_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The acceptance grid: quickstart x 2 strategies x 2 skews x 2 seeds, via the CLI."""
-    out = tmp_path_factory.mktemp("qs") / "sweep"
-    proc = subprocess.run([sys.executable, "-m", "fedsim.cli", "sweep", "quickstart-sweep", "--out", str(out),
-                           "--set", "run.rounds=6", "--target", "0.5"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    assert "8 done, 0 failed of 8 cells" in proc.stdout
-    return out
+def hetero_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The acceptance study, in-process: the quickstart (digits, MLP, Dirichlet label skew)
+    as a 2 x 2 sweep of FedProx's straggler fraction (0 / 50 %, dropped at the deadline) x
+    label skew (alpha 0.1 / 1.0), 2 seeds, 3 rounds; beside it a standalone run that keeps
+    the stragglers' partial work, and an interrupted copy of that run."""
+    root = tmp_path_factory.mktemp("hetero")
+    raw = tomllib.loads((ROOT / "scenarios" / "presets" / "quickstart-sweep.toml").read_text())
+    raw["run"]["rounds"] = 3
+    raw["data"]["num_clients"] = 10
+    raw["model"]["hidden"] = [16]
+    raw["devices"] = {"seconds_per_sample": 0.01}
+    raw["round"] = {"policy": "deadline", "deadline": 100.0}
+    raw["report"] = {"plots": False, "progress": False}
+    raw["sweep"] = {"seeds": [0, 1], "target": 0.5,
+                    "axes": {"devices.straggler_fraction": [0.0, 0.5], "data.partitioner.alpha": [0.1, 1.0]}}
+    (root / "sweep.toml").write_text(tomli_w.dumps(raw))
+    assert main(["sweep", str(root / "sweep.toml"), "--out", str(root / "sweep"), "--parallel", "1"]) == 0
+    del raw["sweep"]
+    raw["devices"]["straggler_fraction"] = 0.5
+    raw["data"]["partitioner"]["alpha"] = 0.1
+    raw["round"]["policy"] = "partial_work"
+    (root / "partial.toml").write_text(tomli_w.dumps(raw))
+    assert main(["run", str(root / "partial.toml"), "--out", str(root / "partial")]) == 0
+    shutil.copytree(root / "partial", root / "partial-cut")  # killed during round 3: no summary, 2 rounds
+    (root / "partial-cut" / "summary.json").unlink()
+    lines = (root / "partial-cut" / "metrics.jsonl").read_text().splitlines()
+    (root / "partial-cut" / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n")
+    return root / "sweep", root
 
 
 @pytest.mark.slow
-def test_quickstart_grid_report_renders_in_chromium(quickstart_sweep: Path, tmp_path: Path) -> None:
+def test_quickstart_grid_report_renders_in_chromium(hetero_study: tuple[Path, Path], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     found = chromium()
     if found is None:
         pytest.skip("no chromium + chromedriver on PATH (scripts/install-test-browser installs them)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    html_path = quickstart_sweep / "report.html"
-    with (quickstart_sweep / "summary.csv").open() as fh:
+    sweep, root = hetero_study
+    with (sweep / "summary.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 4 and {r["seeds"] for r in rows} == {"2"}
-    assert {(r["variant"], r["data.partitioner.alpha"]) for r in rows} == {
-        ("FedAvg", "0.1"), ("FedAvg", "1.0"), ("FedProx mu=0.5", "0.1"), ("FedProx mu=0.5", "1.0")}
+    assert len(rows) == 4 and {r["seeds"] for r in rows} == {"2"} and {r["status"] for r in rows} == {"completed"}
+    assert {(r["devices.straggler_fraction"], r["data.partitioner.alpha"]) for r in rows} == {
+        ("0.0", "0.1"), ("0.0", "1.0"), ("0.5", "0.1"), ("0.5", "1.0")}
     assert all(0.0 < float(r["final_acc_mean"]) <= 1.0 for r in rows)
+    # Of the 5 clients sampled per round (fraction_train 0.5 of 10), 2 straggle and are dropped: 2 x 3 rounds per run.
+    assert {r["devices.straggler_fraction"]: r["stragglers_mean"] for r in rows} == {"0.0": "0", "0.5": "6"}
+    assert all(float(r["virtual_round_s_mean"]) == pytest.approx(100.0, abs=1.0)
+               for r in rows if r["devices.straggler_fraction"] == "0.5")  # the server waits out the deadline
+    mixed = tmp_path / "mixed.html"
+    assert main(["report", str(sweep), str(root / "partial"), str(root / "partial-cut"), "--out", str(mixed)]) == 0
+    with (tmp_path / "summary.csv").open() as fh:
+        mixed_rows = list(csv.DictReader(fh))
+    assert [(r["round.policy"], r["devices.straggler_fraction"], r["data.partitioner.alpha"], r["status"])
+            for r in mixed_rows][-2:] == [("partial_work", "0.5", "0.1", "completed"),
+                                          ("partial_work", "0.5", "0.1", "interrupted after round 2")]
+    assert {r["partial_mean"] for r in mixed_rows[-2:]} != {"0"}  # the stragglers did partial work
 
     options = webdriver.ChromeOptions()
     options.binary_location = found[0]
@@ -373,20 +405,29 @@ def test_quickstart_grid_report_renders_in_chromium(quickstart_sweep: Path, tmp_
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(found[1]))
     try:
-        driver.get(html_path.resolve().as_uri())
-        assert driver.title == "fedsim report"
-        images = driver.execute_script(
-            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight]);")
-        titles = [i[0] for i in images]
-        assert titles == ["Centralized accuracy vs round", "Final accuracy: variant x data.partitioner.alpha"]
-        assert all(complete and w > 300 and h > 200 for _, complete, w, h in images), images
-        body_rows = driver.execute_script("return document.querySelectorAll('table tr').length;")
-        assert body_rows == 1 + 4
-        errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
-        assert errors == []
-        shot = tmp_path / "report.png"
-        driver.save_screenshot(str(shot))
-        assert shot.stat().st_size > 10_000
+        pages = {"sweep": (sweep / "report.html", 4, ["Centralized accuracy vs round", "Centralized accuracy vs virtual time",
+                                                      "Centralized accuracy vs uplink bytes",
+                                                      "Final accuracy: devices.straggler_fraction x data.partitioner.alpha"]),
+                 "mixed": (mixed, 6, ["Centralized accuracy vs round", "Centralized accuracy vs virtual time",
+                                      "Centralized accuracy vs uplink bytes"])}
+        for name, (page, n_rows, plot_titles) in pages.items():
+            driver.get(page.resolve().as_uri())
+            assert driver.title == "fedsim report"
+            images = driver.execute_script(
+                "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight]);")
+            assert [i[0] for i in images] == plot_titles
+            assert all(complete and w > 300 and h > 200 for _, complete, w, h in images), images
+            assert driver.execute_script("return document.querySelectorAll('table.summary tr').length;") == 1 + n_rows
+            setup = driver.execute_script("return Array.from(document.querySelectorAll('span.kv')).map(s => s.title);")
+            assert {"data.dataset.name", "model.name", "data.num_clients", "run.rounds", "strategy.name"} <= set(setup)
+            assert "devices.straggler_fraction" not in setup and "data.partitioner.alpha" not in setup
+            assert driver.execute_script("return document.querySelectorAll('tr.interrupted').length;") == (
+                1 if name == "mixed" else 0)
+            errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+            assert errors == []
+            shot = tmp_path / f"{name}.png"
+            driver.save_screenshot(str(shot))
+            assert shot.stat().st_size > 10_000
         # Control: the same checks catch a page with a broken image and a script error.
         bad = tmp_path / "bad.html"
         bad.write_text("<html><body><img src='missing.png'><script>undefined_fn()</script></body></html>")
