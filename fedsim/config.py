@@ -33,7 +33,7 @@ from fedsim.core.schema import (
     to_plain,
 )
 from fedsim.engine.executors.sections import ExecutorSection, RaySection
-from fedsim.engine.policies import RoundSection
+from fedsim.engine.policies import POLICIES, RoundPolicy, RoundSection
 from fedsim.engine.selection import SelectionSection
 from fedsim.privacy import PrivacySection
 from fedsim.privacy import check_wrapper as check_privacy
@@ -145,6 +145,51 @@ class Config:
                 raise ConfigError("ray.tiers", f"clients 0..{edge - 1}",
                                   f"must cover every client: data.num_clients is {self.data.num_clients}")
 
+    def warnings(self) -> list[str]:
+        """Settings that have no effect because of another one (a deadline no policy waits
+        for, stragglers that cannot do less work, ...), one line each in `ConfigError`'s
+        form. Not errors: a sweep or ``--set`` may switch the other setting per run."""
+        out: list[str] = []
+
+        def note(field: str, value: Any, why: str) -> None:
+            out.append(str(ConfigError(field, value, why)))
+
+        policy = POLICIES.get(self.round.policy, "round.policy")
+        name = f"round.policy {self.round.policy!r}"
+        if self.round.deadline is not None and not policy.uses_deadline and self.selection.policy == "uniform":
+            note("round.deadline", self.round.deadline,
+                 f"has no effect: {name} waits for every reply (round.policy = \"deadline\" drops late "
+                 f"replies, \"partial_work\" also gives clients a time budget)")
+        if policy.extra_clients is RoundPolicy.extra_clients and self.round.over_select != RoundSection().over_select:
+            note("round.over_select", self.round.over_select,
+                 f"has no effect: {name} samples no extra clients (round.policy = \"over_select\" does)")
+        d = self.devices
+        if d.straggler_fraction > 0 and not policy.drops_protocol_stragglers:
+            why = ("client.local_steps is set (epochs do not limit the work)" if self.client.local_steps > 0
+                   else "client.local_epochs is 1" if self.client.local_epochs <= 1 else "")
+            if why:
+                note("devices.straggler_fraction", d.straggler_fraction,
+                     f"has no effect: under {name} a straggler is kept and runs fewer local epochs, but {why} "
+                     f"(round.policy = \"deadline\" drops stragglers)")
+        if d.straggler_epochs and d.straggler_fraction == 0:
+            note("devices.straggler_epochs", d.straggler_epochs,
+                 "has no effect: devices.straggler_fraction is 0 (no client straggles)")
+        elif d.straggler_epochs and policy.drops_protocol_stragglers:
+            note("devices.straggler_epochs", d.straggler_epochs,
+                 f"has no effect: {name} drops stragglers rather than running their fewer epochs")
+        if self.executor.name != "ray":
+            changed = _changed(self.ray, RaySection())
+            if changed:
+                note(f"ray.{changed[0]}", getattr(self.ray, changed[0]),
+                     f"has no effect: executor.name is {self.executor.name!r} ([ray] configures executor.name = "
+                     f"\"ray\")")
+        if not self.energy.enabled:
+            changed = _changed(self.energy, EnergySection())
+            if changed:
+                note(f"energy.{changed[0]}", to_plain(getattr(self.energy, changed[0])),
+                     "has no effect: energy.enabled is false")
+        return out
+
     @property
     def data_seed(self) -> int:
         """The seed of the dataset and the partition (``data.seed``, else ``run.seed``)."""
@@ -189,6 +234,11 @@ class Config:
     def replace(self, overrides: Iterable[str]) -> Config:
         """A new Config with ``section.key=value`` edits applied (and validated)."""
         return from_dict(apply_overrides(self.to_dict(), overrides))
+
+
+def _changed(section: Any, default: Any) -> list[str]:
+    """The fields of ``section`` that differ from ``default``'s."""
+    return [f.name for f in dataclasses.fields(section) if getattr(section, f.name) != getattr(default, f.name)]
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
@@ -287,4 +337,9 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
         logging.getLogger("fedsim").info("%s has a [sweep] table: running its base scenario "
                                          "(`fedsim sweep` runs the grid)", path)
         raw.pop("sweep")
-    return from_dict(raw)
+    cfg = from_dict(raw)
+    import logging
+
+    for line in cfg.warnings():
+        logging.getLogger("fedsim").warning("%s", line)
+    return cfg

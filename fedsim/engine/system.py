@@ -16,8 +16,9 @@ import numpy as np
 from flwr.app import Message, RecordDict
 from flwr.common.constant import ErrorCode
 
+from fedsim.clients.settings import ClientSection
 from fedsim.core import keys, seeding
-from fedsim.core.records import metrics_of, payload_bytes
+from fedsim.core.records import configs_of, metrics_of, payload_bytes
 from fedsim.engine.executors.base import error_reply
 from fedsim.engine.payload import fill_missing, flip_bits, implausible, missing_values
 from fedsim.engine.policies import RoundSection
@@ -57,11 +58,13 @@ class Arrival:
     bit_flips: int = 0
     reason: str = ""
     energy_j: float = 0.0  # the client's, for this message (download, compute, upload, tails)
+    partial: bool = False  # partial work: the client ran out of its time budget (see `ran_out_of_budget`)
 
 
 class SystemModel:
     def __init__(self, devices: DevicesSection, network: NetworkSection, rounds: RoundSection, num_clients: int,
-                 seed: int, local_epochs: int = 1, energy: EnergySection | None = None) -> None:
+                 seed: int, local_epochs: int = 1, energy: EnergySection | None = None,
+                 client: ClientSection | None = None) -> None:
         self.devices = DeviceModel(devices, num_clients, seed)
         self.energy = EnergyModel(energy, num_clients, seed) if energy is not None and energy.enabled else None
         self.links = LinkModel(network, num_clients, seed)
@@ -69,6 +72,7 @@ class SystemModel:
         self.policy = rounds.make()
         self.net = network
         self.seed = seed
+        self.client = client  # fedsim's ClientApp's settings: which replies are time-budget partial work
         max_epochs = devices.straggler_epochs or local_epochs - 1
         self.straggler_epochs = max(1, max_epochs)
 
@@ -154,9 +158,33 @@ class SystemModel:
                 why = f"reply excluded: corrupted in transit ({flips} bit flips; implausible values in {bad})"
                 return Arrival(ERROR, error_reply(sent, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, why), arrival, compute,
                                up, flips, reason=why, energy_j=energy)
+        partial = self.ran_out_of_budget(sent, reply.content, d)
         if content is not reply.content:
             reply = Message(content=content, metadata=reply.metadata)
-        return Arrival(OK, reply, arrival, compute, up, flips, energy_j=energy)
+        return Arrival(OK, reply, arrival, compute, up, flips, energy_j=energy, partial=partial)
+
+    def ran_out_of_budget(self, sent: Message, content: RecordDict, d: Dispatch) -> bool:
+        """Whether a training reply is partial work under its time budget (``partial_work``):
+        the client stopped at the steps that fit its budget, short of its full local work.
+        The budget's step count and the full work are the ClientApp's own
+        (`fedsim.clients.app.train_settings`: its settings and the message's train config);
+        without fedsim's client settings (a user's ClientApp) nothing is counted."""
+        if d.budget is None or self.client is None:
+            return False
+        from fedsim.clients.app import train_settings  # the client's own arithmetic
+
+        config = next((dict(rec) for _, rec in configs_of(sent.content)), {})
+        config.update({keys.TIME_BUDGET: d.budget, keys.SECONDS_PER_SAMPLE: d.seconds_per_sample})
+        try:
+            settings = train_settings(self.client, config)
+        except (TypeError, ValueError):  # a config the client would reject: not ours to count
+            return False
+        metrics = next((rec for _, rec in metrics_of(content)), {})
+        n, steps = metrics.get(keys.NUM_EXAMPLES), metrics.get(keys.STEPS)
+        if settings.max_steps <= 0 or not isinstance(n, int) or not isinstance(steps, int):
+            return False
+        full = dataclasses.replace(settings, max_steps=0).total_steps(n)
+        return steps == settings.max_steps < full
 
 
 def examples_processed(content: RecordDict) -> float:
