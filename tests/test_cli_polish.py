@@ -155,11 +155,14 @@ seeds = [0, 1]
 def test_check_validates_every_cell_of_a_sweep(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
                                                tmp_path: Path) -> None:
     ok = tmp_path / "ok.toml"
-    ok.write_text(SWEEP.format(axis='"client.lr" = [0.1, 0.05]'))
+    ok.write_text(SWEEP.format(axis='"devices.straggler_epochs" = [0, 2]'))
     with caplog.at_level(logging.INFO, logger="fedsim"):
         assert main(["check", str(ok)]) == 0
     assert capsys.readouterr().out == "tiny: 4 cells ok (2 distinct set-ups checked; `fedsim sweep` runs them)\n"
     assert "running its base scenario" not in caplog.text
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "devices.straggler_epochs = 2: has no effect: devices.straggler_fraction is 0 (no client straggles) "
+        "(sweep cell devices.straggler_epochs=2)"]  # once: the seeds share a set-up
     # A cell whose configuration is valid but whose set-up fails (more clients than
     # samples: only the data split finds it): the axis and the cell are named.
     bad = tmp_path / "bad.toml"
