@@ -7,17 +7,17 @@ import logging
 from pathlib import Path
 
 import pytest
+from fedsim.clients.settings import ClientSection
+from fedsim.scenarios.devices import DevicesSection
+from fedsim.scenarios.network import NetworkSection
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedsim.cli import main
-from fedsim.clients.settings import ClientSection
 from fedsim.config import list_presets, load_config, preset_description
 from fedsim.core.errors import ConfigError, did_you_mean
 from fedsim.core.schema import parse
 from fedsim.engine.policies import RoundSection
 from fedsim.engine.system import OK, Dispatch, SystemModel
-from fedsim.scenarios.devices import DevicesSection
-from fedsim.scenarios.network import NetworkSection
 from tests.conftest import tiny_config
 
 REGISTRY_FORM = ('your own: "package.module:attr" (importable from the working directory or [plugins] paths), '
@@ -161,8 +161,8 @@ def test_check_validates_every_cell_of_a_sweep(capsys: pytest.CaptureFixture[str
     assert capsys.readouterr().out == "tiny: 4 cells ok (2 distinct set-ups checked; `fedsim sweep` runs them)\n"
     assert "running its base scenario" not in caplog.text
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
-        "devices.straggler_epochs = 2: has no effect: devices.straggler_fraction is 0 (no client straggles) "
-        "(sweep cell devices.straggler_epochs=2)"]  # once: the seeds share a set-up
+        ("devices.straggler_epochs = 2: has no effect: devices.straggler_fraction is 0 (no client straggles) "
+         "(sweep cell devices.straggler_epochs=2)")]  # once: the seeds share a set-up
     # A cell whose configuration is valid but whose set-up fails (more clients than
     # samples: only the data split finds it): the axis and the cell are named.
     bad = tmp_path / "bad.toml"
@@ -183,24 +183,24 @@ def test_settings_that_have_no_effect_are_named() -> None:
     wait_all = "round.policy 'wait_all'"
     cases = [
         ({"round": {"deadline": 5.0}},
-         f'round.deadline = 5.0: has no effect: {wait_all} waits for every reply (round.policy = "deadline" drops '
-         'late replies, "partial_work" also gives clients a time budget)'),
+         (f'round.deadline = 5.0: has no effect: {wait_all} waits for every reply (round.policy = "deadline" drops '
+          'late replies, "partial_work" also gives clients a time budget)')),
         ({"round": {"over_select": 0.5}},
-         f'round.over_select = 0.5: has no effect: {wait_all} samples no extra clients (round.policy = '
-         '"over_select" does)'),
+         (f'round.over_select = 0.5: has no effect: {wait_all} samples no extra clients (round.policy = '
+          '"over_select" does)')),
         ({"devices": {"straggler_fraction": 0.5}},  # tiny_config: client.local_epochs = 1
-         f"devices.straggler_fraction = 0.5: has no effect: under {wait_all} a straggler is kept and runs fewer "
-         'local epochs, but client.local_epochs is 1 (round.policy = "deadline" drops stragglers)'),
+         (f"devices.straggler_fraction = 0.5: has no effect: under {wait_all} a straggler is kept and runs fewer "
+          'local epochs, but client.local_epochs is 1 (round.policy = "deadline" drops stragglers)')),
         ({"devices": {"straggler_fraction": 0.5}, "client": {"local_epochs": 2, "local_steps": 5}},
-         f"devices.straggler_fraction = 0.5: has no effect: under {wait_all} a straggler is kept and runs fewer "
-         'local epochs, but client.local_steps is set (epochs do not limit the work) (round.policy = "deadline" '
-         "drops stragglers)"),
+         (f"devices.straggler_fraction = 0.5: has no effect: under {wait_all} a straggler is kept and runs fewer "
+          'local epochs, but client.local_steps is set (epochs do not limit the work) (round.policy = "deadline" '
+          "drops stragglers)")),
         ({"devices": {"straggler_epochs": 3}},
          "devices.straggler_epochs = 3: has no effect: devices.straggler_fraction is 0 (no client straggles)"),
-        ({"devices": {"straggler_fraction": 0.5, "straggler_epochs": 1}, "round": {"policy": "deadline",
-                                                                                   "deadline": 3.0}},
-         "devices.straggler_epochs = 1: has no effect: round.policy 'deadline' drops stragglers rather than "
-         "running their fewer epochs"),
+        ({"devices": {"straggler_fraction": 0.5, "straggler_epochs": 1},
+          "round": {"policy": "deadline", "deadline": 3.0}},
+         ("devices.straggler_epochs = 1: has no effect: round.policy 'deadline' drops stragglers rather than "
+          "running their fewer epochs")),
         ({"ray": {"num_actors": 2}},
          'ray.num_actors = 2: has no effect: executor.name is \'serial\' ([ray] configures executor.name = "ray")'),
         ({"energy": {"tail_s": 3.0}}, "energy.tail_s = 3.0: has no effect: energy.enabled is false"),
