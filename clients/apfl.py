@@ -21,6 +21,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fedsim.clients.sgd import SGD
 from fedsim.clients.state import load_arrays, save_arrays
 from fedsim.clients.trainer import TrainOutcome, TrainSettings
 from flwr.app import RecordDict
@@ -72,10 +73,9 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSet
     names = [k for k, p in params.items() if p.requires_grad]
     v = {k: personal.v[k].to(params[k].device, params[k].dtype).clone().requires_grad_(True) for k in names}
     alpha = torch.tensor(personal.alpha, dtype=torch.float64, requires_grad=adaptive)
-    opt_w = torch.optim.SGD([params[k] for k in names], lr=settings.lr, momentum=settings.momentum,
-                            weight_decay=settings.weight_decay)
-    opt_v = torch.optim.SGD(list(v.values()), lr=settings.lr, momentum=settings.momentum,
-                            weight_decay=settings.weight_decay)
+    opt_w = SGD([params[k] for k in names], lr=settings.lr, momentum=settings.momentum,
+                weight_decay=settings.weight_decay)
+    opt_v = SGD(list(v.values()), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
     seen, pos = 0, n
@@ -87,8 +87,8 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSet
         idx = perm[pos : pos + settings.batch_size].to(x.device)
         pos += settings.batch_size
         xb, yb = x[idx], y[idx]
-        opt_w.zero_grad(set_to_none=True)
-        opt_v.zero_grad(set_to_none=True)
+        opt_w.zero_grad()
+        opt_v.zero_grad()
         alpha.grad = None
         a = alpha.to(params[names[0]].dtype)
         vbar = {k: a * v[k] + (1 - a) * params[k].detach() for k in names}

@@ -169,7 +169,7 @@ def _train_weights(msg: Message, context: Context) -> Message:
     x, y = x.to(rt.device), y.to(rt.device)
     if config.get(keys.LABEL_FLIP):  # a Byzantine label-flipping client (fedsim.scenarios.byzantine)
         y = rt.data.num_classes - 1 - y
-    torch.manual_seed(seeding.int_seed(seed, rnd, cid, "torch"))  # dropout & co. in user models
+    seeding.seed_torch(seeding.int_seed(seed, rnd, cid, "torch"))  # dropout & co. in user models
     np.random.seed(seeding.int_seed(seed, rnd, cid, "numpy") % 2**32)  # e.g. Flower's LocalDpMod noise
     settings = train_settings(rt.spec.client, config)
     scaffold = algorithms.Scaffold.start(msg.content, context.state, rt.model) if algo == "scaffold" else None

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedsim.clients.sgd import SGD
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
@@ -71,8 +73,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSet
     total = settings.total_steps(n)
     if total == 0:
         return TrainOutcome(loss=float("nan"), steps=0, examples_seen=0)
-    opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
-                          weight_decay=settings.weight_decay)
+    opt = SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if anchor is not None and settings.proximal_mu > 0:
         global_params = [a.to(p.device, p.dtype) for a, p in zip(anchor, trainable, strict=True)]
@@ -92,7 +93,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSet
         idx = perm[pos : pos + settings.batch_size].to(x.device)
         pos += settings.batch_size
         xb, yb = x[idx], y[idx]
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         if settings.autocast == "bf16":
             with torch.autocast(x.device.type, dtype=torch.bfloat16):
                 logits = model(xb)

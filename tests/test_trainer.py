@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from fedsim.clients import trainer
 from fedsim.clients.models import (
     MODELS,
@@ -143,3 +144,56 @@ def test_quantized_and_bf16_local_training_still_learn() -> None:
     assert losses["grad8"] < 1.2 * losses["fp32"] + 0.02
     assert losses["bf16"] < 1.2 * losses["fp32"] + 0.02
     assert losses["grad2"] < 0.5  # coarser, still learning (chance is log 2 = 0.69)
+
+
+@pytest.mark.parametrize("momentum, weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.0, 1e-3), (0.5, 1e-2)])
+def test_plain_sgd_takes_torch_optims_steps_exactly(momentum: float, weight_decay: float) -> None:
+    from fedsim.clients.sgd import SGD
+
+    def steps(make_opt) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+        model[2].bias.requires_grad_(False)  # a frozen parameter: no gradient, no step
+        opt = make_opt(model.parameters())
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(4):
+            x, y = torch.randn(8, 5, generator=gen), torch.randint(0, 3, (8,), generator=gen)
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    ours = steps(lambda ps: SGD(ps, lr=0.1, momentum=momentum, weight_decay=weight_decay))
+    theirs = steps(lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=momentum, weight_decay=weight_decay))
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+def test_seed_torch_seeds_as_manual_seed_does() -> None:
+    from fedsim.core.seeding import seed_torch
+
+    torch.manual_seed(123)
+    want = torch.rand(6), torch.nn.functional.dropout(torch.ones(10), 0.5)
+    seed_torch(123)
+    got = torch.rand(6), torch.nn.functional.dropout(torch.ones(10), 0.5)
+    assert all(torch.equal(a, b) for a, b in zip(want, got))
+
+
+def test_local_training_never_imports_torch_dynamo_in_a_fresh_process() -> None:
+    """torch.optim's first optimizer imports torch._dynamo (seconds, in the driver and every
+    Ray actor): the trainers step with fedsim's own SGD instead."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, torch
+from fedsim.clients import trainer
+from torch import nn
+model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
+trainer.train(model, x, y, trainer.TrainSettings(momentum=0.9, weight_decay=1e-3, proximal_mu=0.1),
+              torch.Generator().manual_seed(0))
+print("torch._dynamo" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "False"

@@ -6,6 +6,7 @@ numbers in every process, so executors and worker counts cannot change results.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 
@@ -41,6 +42,20 @@ def torch_generator(seed: int, round_: int, client: int, purpose: str) -> torch.
     gen = torch.Generator()
     gen.manual_seed(int_seed(seed, round_, client, purpose))
     return gen
+
+
+def seed_torch(value: int) -> None:
+    """What ``torch.manual_seed(value)`` does for the devices in use, without its cost on a
+    CPU-only machine (~130-220 us a call, against ~1.5 us: it formats a stack trace looking
+    for accelerators): the CPU generator, and CUDA's when CUDA is there."""
+    torch.default_generator.manual_seed(value)
+    if _has_cuda():
+        torch.cuda.manual_seed_all(value)
+
+
+@functools.cache
+def _has_cuda() -> bool:
+    return torch.cuda.is_available()
 
 
 def seed_python_random(seed: int, round_: int, purpose: str) -> None:
