@@ -234,7 +234,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{info['rounds']} rounds")
             return 0
         if args.command == "sweep":
-            from fedsim.sweeps import SweepInterrupted, default_out, load_sweep, run_sweep
+            from fedsim.sweeps import (
+                SweepInterrupted,
+                default_out,
+                load_sweep,
+                run_sweep,
+            )
 
             if args.parallel is not None and args.parallel < 1:
                 raise ConfigError("--parallel", args.parallel, "must be a number of processes >= 1")

@@ -35,7 +35,13 @@ from fedsim.engine.grid import SimulationGrid, expects_model_replies
 from fedsim.engine.metrics import Recorder
 from fedsim.engine.system import SystemModel
 from fedsim.progress import RoundProgress
-from fedsim.runsetup import RunSetup, check_checkpointable, checkpointable, make_app_ref, prepare
+from fedsim.runsetup import (
+    RunSetup,
+    check_checkpointable,
+    checkpointable,
+    make_app_ref,
+    prepare,
+)
 
 log = logging.getLogger("fedsim")
 

@@ -44,8 +44,8 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import multiprocessing as mp
 import logging
+import multiprocessing as mp
 import os
 import shutil
 import signal
