@@ -135,8 +135,7 @@ def check(config: Config | str | Path, overrides: Iterable[str] = ()) -> dict[st
         setup = prepare(cfg)
         assert setup.strategy is not None
         check_checkpointable(cfg, setup.strategy)
-        SystemModel(cfg.devices, cfg.network, cfg.round, cfg.data.num_clients, cfg.run.seed,
-                    local_epochs=cfg.client.local_epochs, energy=cfg.energy)
+        _system(cfg)
         build_pipeline(cfg.codec)
         make_app_ref(cfg)[0].load()
         if cfg.probe.enabled:
@@ -331,10 +330,16 @@ def _observers(cfg: Config, out: Path | None, writer: report.RunWriter | None, p
     return Recorder(on_record=on_record), tracker
 
 
+def _system(cfg: Config) -> SystemModel:
+    """The system model; fedsim's own client settings let it count time-budget partial work."""
+    return SystemModel(cfg.devices, cfg.network, cfg.round, cfg.data.num_clients, cfg.run.seed,
+                       local_epochs=cfg.client.local_epochs, energy=cfg.energy,
+                       client=cfg.client if cfg.client.app == "fedsim" else None)
+
+
 def _engine(cfg: Config, recorder: Recorder) -> tuple[Any, SimulationGrid]:
     executor = make_executor(cfg.executor.name, **_executor_kwargs(cfg))
-    system = SystemModel(cfg.devices, cfg.network, cfg.round, cfg.data.num_clients, cfg.run.seed,
-                         local_epochs=cfg.client.local_epochs, energy=cfg.energy)
+    system = _system(cfg)
     grid = SimulationGrid(cfg.data.num_clients, executor, seed=cfg.run.seed, observer=recorder.on_exchange,
                           system=system, codec=build_pipeline(cfg.codec))
     grid.selection = cfg.selection.make(cfg.round.deadline)

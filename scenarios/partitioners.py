@@ -269,7 +269,8 @@ class FlwrDatasetsParams:
             if key not in accepted:
                 raise ConfigError(f"{path}.args.{key}", self.args[key],
                                   f"unknown argument of {self.partitioner}; allowed: "
-                                  f"{', '.join(k for k in accepted if k not in ('num_partitions', 'partition_by'))}")
+                                  f"{', '.join(k for k in accepted if k not in ('num_partitions', 'partition_by'))}",
+                                  choices=accepted, typo=key)
 
     def __hash__(self) -> int:
         return hash((self.partitioner, tuple(sorted((k, repr(v)) for k, v in self.args.items())), self.partition_by))
@@ -283,7 +284,7 @@ def _flwr_partitioner(name: str, field: str) -> Any:
     cls = getattr(module, name, None)
     if not isinstance(cls, type):
         known = sorted(n for n in dir(module) if n.endswith("Partitioner") and n != "Partitioner")
-        raise ConfigError(field, name, f"not a flwr_datasets partitioner; known: {', '.join(known)}")
+        raise ConfigError(field, name, f"not a flwr_datasets partitioner; known: {', '.join(known)}", choices=known)
     return cls
 
 

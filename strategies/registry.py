@@ -205,7 +205,8 @@ def _check_args(factory: StrategyFactory, name: str, raw: Mapping[str, Any], pat
             if has_var_kw:
                 args[key] = value
                 continue
-            raise ConfigError(field, value, f"unknown argument of {name}; allowed: {', '.join(allowed)}")
+            raise ConfigError(field, value, f"unknown argument of {name}; allowed: {', '.join(allowed)}",
+                              choices=allowed, typo=key)
         if key not in allowed:
             raise ConfigError(field, value, "takes a Python object and cannot be set from a scenario file")
         if key in hints:

@@ -93,6 +93,17 @@ def test_misspelled_registry_name(edit: dict, start: str, suggestion: str) -> No
     assert text.startswith(start) and text.endswith(f"; {REGISTRY_FORM}; did you mean {suggestion}?"), text
 
 
+@pytest.mark.parametrize(("setting", "start", "suggestion"), [
+    ("strategy.fraction_trian=0.2", "strategy.fraction_trian = 0.2: unknown argument of fedavg", "fraction_train"),
+    ('strategy={name="fedprox", proximal_muu=2}', "strategy.proximal_muu = 2: unknown argument of fedprox",
+     "proximal_mu"),
+    ('data.partitioner={name="dirichlet", alpah=0.5}', "data.partitioner.alpah = 0.5: unknown", "alpha"),
+])
+def test_misspelled_argument(capsys: pytest.CaptureFixture[str], setting: str, start: str, suggestion: str) -> None:
+    line = error_line(capsys, ["check", "quickstart", "--set", setting])
+    assert line.startswith(f"fedsim: error: {start}") and line.endswith(f"; did you mean {suggestion}?"), line
+
+
 def test_misspelled_choice() -> None:
     with pytest.raises(ConfigError) as info:
         tiny_config(executor={"name": "seral"})

@@ -124,6 +124,16 @@ def test_partial_work_tells_clients_their_budget() -> None:
     assert all(r["virtual_round_s"] <= 0.5 + 1e-9 for r in partial.history)
 
 
+@pytest.mark.parametrize("deadline, want", [(0.5, [0, 6, 6]), (1e6, [0, 0, 0])], ids=["budget-limits", "no-limit"])
+def test_time_budget_partial_work_is_counted(deadline: float, want: list[int]) -> None:
+    # 6 clients of ~240 samples, 5 epochs of batch 8 (~150 steps); 0.01 s a sample: a 0.5 s budget
+    # is 50 samples (6 steps) for every client, far short of its work; 1e6 s never limits.
+    cfg = tiny_config(devices={"seconds_per_sample": 0.01}, round={"policy": "partial_work", "deadline": deadline},
+                      client={"local_epochs": 5, "batch_size": 8}, run={"rounds": 2},
+                      strategy={"name": "fedavg", "fraction_train": 1.0, "fraction_evaluate": 0.0})
+    assert [r["partial"] for r in fedsim.run(cfg, write=False).history] == want
+
+
 def test_steps_within_budget() -> None:
     from fedsim.clients.app import steps_within_budget
 

@@ -252,7 +252,8 @@ def signature_args(obj: Any, raw: Mapping[str, Any], path: str, provided: Iterab
         if key in provided:
             raise ConfigError(field, value, f"is supplied by fedsim to {owner}; remove it from the scenario")
         if key not in params and not open_ended:
-            raise ConfigError(field, value, f"unknown argument of {owner}; allowed: {', '.join(allowed) or 'none'}")
+            raise ConfigError(field, value, f"unknown argument of {owner}; allowed: {', '.join(allowed) or 'none'}",
+                              choices=allowed, typo=key)
         hint = _scalar_hint(hints.get(key))
         out[key] = coerce(field, value, hint) if hint is not None else value
     for name, p in params.items():

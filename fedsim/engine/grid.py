@@ -116,7 +116,7 @@ class Exchange:
     packets_lost_for_good: int = 0
     bit_flips: int = 0
     over_selected: int = 0  # extra clients sampled by the over_select policy
-    partial: int = 0  # stragglers told to do fewer local epochs (FedProx's protocol)
+    partial: int = 0  # partial work: stragglers told to do fewer local epochs, clients out of their time budget
     decode_seconds: float = 0.0  # wall seconds decoding codec payloads
     released: tuple[int, ...] = ()  # partition ids whose reply reached the server (kept or late)
     energy_j: float | None = None  # the clients' energy, joules (None: no [energy] model)
@@ -674,6 +674,8 @@ class SimulationGrid(Grid):
                                     f"reply excluded: non-finite values in {bad}")
         a = system.arrive(job.cid, rnd, job.purpose, task.message, reply, job.dispatch)
         sim.energy_j += a.energy_j
+        if a.partial and keys.LOCAL_EPOCHS not in (task.extra_config or {}):
+            _add(counts, "partial", 1)  # ran out of its time budget (a FedProx straggler was counted at dispatch)
         if a.up is not None:
             _count_transfer(counts, a.up)
         _add(counts, "bit_flips", a.bit_flips)
