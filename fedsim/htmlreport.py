@@ -37,22 +37,27 @@ from fedsim.sweeps import describe
 
 
 def _png(fig: Any) -> str:
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+class _Figures:
+    """``subplots`` as pyplot's, on a bare `Figure`: no backend forced on the user's process
+    (a notebook keeps its inline plots), nothing left open."""
+
+    @staticmethod
+    def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] | None = None,
+                 **kwargs: Any) -> tuple[Any, Any]:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
 def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return _Figures
 
 
 def _x_by_round(run: Run, x_key: str) -> dict[int, float]:

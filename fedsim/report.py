@@ -170,12 +170,22 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _axes(size: tuple[float, float]) -> tuple[Any, Any]:
+    """A figure and its axes without pyplot: no backend is forced on the user's process (a
+    notebook keeps its inline plots) and nothing is left open."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
+    return fig, fig.add_subplot()
+
+
+def _integer_ticks(axis: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_curves(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
     paths = []
     rounds = [r["round"] for r in records]
 
@@ -189,12 +199,13 @@ def plot_curves(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
          "accuracy"),
         ("loss.png", (("central_loss", "centralized"), ("fed_loss", "federated"), ("train_loss", "train (clients)")), "loss"),
     ):
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = _axes((6, 4))
         for key, label in keys_labels:
             xs, ys = series(key)
             if xs:
                 ax.plot(xs, ys, marker="." if len(xs) < 60 else None, label=label)
         ax.set_xlabel("round")
+        _integer_ticks(ax.xaxis)
         ax.set_ylabel(ylabel)
         if rounds:
             ax.set_xlim(min(rounds), max(max(rounds), 1))
@@ -204,7 +215,6 @@ def plot_curves(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
         fig.tight_layout()
         path = out / name
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         paths.append(path)
     return paths
 
@@ -213,13 +223,8 @@ def plot_system(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
     """Accuracy vs virtual time, and each round's virtual duration with its straggler counts."""
     if not any(r.get("virtual_time_s") for r in records):
         return []
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
     paths = []
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _axes((6, 4))
     for key, label in (("central_acc", "centralized"), ("fed_acc", "federated")):
         pts = [(r["virtual_time_s"], r[key]) for r in records if r.get(key) is not None]
         if pts:
@@ -233,13 +238,13 @@ def plot_system(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
     fig.tight_layout()
     paths.append(out / "accuracy_vs_time.png")
     fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
 
     rounds = [r["round"] for r in records if r["round"] > 0]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _axes((7, 4))
     ax.bar(rounds, [r["virtual_round_s"] for r in records if r["round"] > 0], color="tab:gray", alpha=0.6,
            label="round duration")
     ax.set_xlabel("round")
+    _integer_ticks(ax.xaxis)
     ax.set_ylabel("virtual seconds")
     ax2 = ax.twinx()
     for key, color in (("stragglers", "tab:red"), ("dropouts", "tab:orange"), ("unavailable", "tab:blue"),
@@ -254,36 +259,29 @@ def plot_system(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
     fig.tight_layout()
     paths.append(out / "round_time.png")
     fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
     return paths
 
 
 def plot_label_distribution(counts: np.ndarray, out: Path, max_clients: int = 100) -> Path:
     """Stacked bars: each client's training samples by label."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
     shown = counts[:max_clients]
     n_clients, n_classes = shown.shape
-    fig, ax = plt.subplots(figsize=(max(6, min(16, 0.25 * n_clients + 2)), 4))
+    fig, ax = _axes((max(6, min(16, 0.25 * n_clients + 2)), 4))
     bottom = np.zeros(n_clients)
-    cmap = plt.get_cmap("tab20" if n_classes > 10 else "tab10")
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20" if n_classes > 10 else "tab10"]
     for c in range(n_classes):
         ax.bar(np.arange(n_clients), shown[:, c], bottom=bottom, width=0.85,
                color=cmap(c % cmap.N), label=str(c) if n_classes <= 20 else None)
         bottom += shown[:, c]
     ax.set_xlabel("client (partition id)" + (f", first {max_clients} of {len(counts)}" if len(counts) > max_clients else ""))
     ax.set_ylabel("training samples")
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _integer_ticks(ax.xaxis)
     ax.set_title("label distribution per client")
     if n_classes <= 20:
         ax.legend(title="label", fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
     path = out / "label_distribution.png"
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

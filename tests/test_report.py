@@ -436,3 +436,22 @@ def test_quickstart_grid_report_renders_in_chromium(hetero_study: tuple[Path, Pa
         assert len([e for e in driver.get_log("browser") if e["level"] == "SEVERE"]) >= 2
     finally:
         driver.quit()
+
+
+def test_plots_leave_the_users_matplotlib_backend_alone(tmp_path: Path) -> None:
+    """A notebook's backend (inline) stays: run folders' plots and the report draw on bare Figures."""
+    import matplotlib
+
+    import fedsim
+    from tests.conftest import tiny_config
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        run = fedsim.run(tiny_config(run={"rounds": 2}, report={"plots": True, "progress": False}),
+                         out_dir=tmp_path / "r")
+        write_report([str(run.out_dir)], 0.5, None)
+        assert matplotlib.get_backend() == "svg"
+        assert (tmp_path / "r" / "accuracy.png").stat().st_size > 0 and (tmp_path / "r" / "report.html").exists()
+    finally:
+        matplotlib.use(before)
