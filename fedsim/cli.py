@@ -200,32 +200,12 @@ def main(argv: list[str] | None = None) -> int:
 
             path = resolve_scenario(args.scenario)
             if "sweep" in load_toml(path):  # every cell: its config, and each distinct set-up (seeds aside)
-                import json
-
-                from fedsim.sweeps import _blame, load_sweep
+                from fedsim.sweeps import check_cells, load_sweep
 
                 sweep = load_sweep(path, args.overrides)
-                checked: set[str] = set()
-                for cell in sweep.cells:
-                    cfg = sweep.config(cell)
-                    plain = cfg.to_dict()
-                    plain["run"].pop("seed")
-                    plain["run"].pop("name")
-                    key = json.dumps(plain, sort_keys=True, default=str)
-                    if key in checked:
-                        continue
-                    checked.add(key)
-                    for line in cfg.warnings():
-                        fedsim_log.warning("%s (sweep cell %s)", line, cell.label)
-                    try:
-                        check(cfg)
-                    except ConfigError as exc:
-                        named = _blame(exc, cell, sweep.spec)  # the sweep axis or variant, when it is to blame
-                        blamed = ConfigError(named.field, named.value, f"{named.allowed} (sweep cell {cell.label})")
-                        blamed.user_frames = getattr(exc, "user_frames", "")  # type: ignore[attr-defined]
-                        raise blamed from None
+                distinct = check_cells(sweep)
                 name = sweep.base.get("run", {}).get("name", "sweep")
-                print(f"{name}: {len(sweep.cells)} cells ok ({len(checked)} distinct set-ups checked; "
+                print(f"{name}: {len(sweep.cells)} cells ok ({distinct} distinct set-ups checked; "
                       f"`fedsim sweep` runs them)")
                 return 0
             info = check(path, args.overrides)

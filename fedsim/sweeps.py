@@ -185,11 +185,39 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
         try:
             sweep.config(cell)
         except ConfigError as exc:
-            raise _blame(exc, cell, spec) from None
+            raise blame(exc, cell, spec) from None
     return sweep
 
 
-def _blame(exc: ConfigError, cell: Cell, spec: SweepSection) -> ConfigError:
+def check_cells(sweep: Sweep) -> int:
+    """`fedsim check` on a sweep: each distinct cell set-up (seeds and names aside) checked as
+    `fedsim.runner.check` does, its no-effect settings logged; the number of distinct set-ups.
+    A failing cell's error names the sweep axis (or variant) and the cell."""
+    from fedsim.runner import check
+
+    checked: set[str] = set()
+    for cell in sweep.cells:
+        cfg = sweep.config(cell)
+        plain = cfg.to_dict()
+        plain["run"].pop("seed")
+        plain["run"].pop("name")
+        key = json.dumps(plain, sort_keys=True, default=str)
+        if key in checked:
+            continue
+        checked.add(key)
+        for line in cfg.warnings():
+            log.warning("%s (sweep cell %s)", line, cell.label)
+        try:
+            check(cfg)
+        except ConfigError as exc:
+            named = blame(exc, cell, sweep.spec)
+            blamed = ConfigError(named.field, named.value, f"{named.allowed} (sweep cell {cell.label})")
+            blamed.user_frames = getattr(exc, "user_frames", "")  # type: ignore[attr-defined]
+            raise blamed from None
+    return len(checked)
+
+
+def blame(exc: ConfigError, cell: Cell, spec: SweepSection) -> ConfigError:
     """Name the sweep axis (or variant) behind a cell's configuration error."""
     def hits(key: str) -> bool:
         return exc.field == key or exc.field.startswith(key + ".") or key.startswith(exc.field + ".")
