@@ -34,11 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.core.errors import ConfigError
-from fedsim.report import CONFIG, METRICS, SUMMARY, read_metrics
+from fedsim.report import COMPLETED, CONFIG, INTERRUPTED, METRICS, STOPPED, SUMMARY, read_metrics
 from fedsim.report import summarize as summarize_records
 from fedsim.sweeps import MANIFEST, VARIANT, describe
 
-COMPLETED, STOPPED, INTERRUPTED = "completed", "stopped", "interrupted"
 
 #: Config keys that do not change a run's results: never part of the setup or a label.
 NOT_SETUP = ("report.", "run.checkpoint_every")

@@ -17,7 +17,6 @@ import contextlib
 import logging
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,12 +45,10 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 class StopRequest:
-    """The stop asked for by a signal: when, which signal, and whether it was forced."""
+    """The stop asked for by a signal (which one), and the timer that forces it."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self.at: float | None = None
-        self.forced = False
         self._timer: threading.Timer | None = None
         self._main = threading.main_thread().ident
 
@@ -61,14 +58,13 @@ class StopRequest:
 
     def handle(self, signum: int, frame: Any) -> None:
         if self.signum is None:
-            self.signum, self.at = signum, time.monotonic()
+            self.signum = signum
             log.warning("stopping after this round (within %.0f s; %s again stops at once)", GRACE_S,
                         "Ctrl-C" if signum == signal.SIGINT else "the signal")
             self._timer = threading.Timer(GRACE_S, self._force)
             self._timer.daemon = True
             self._timer.start()
             return
-        self.forced = True
         raise Terminated() if self.signum == signal.SIGTERM else KeyboardInterrupt()
 
     def _force(self) -> None:
@@ -79,14 +75,6 @@ class StopRequest:
     def cancel(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-
-
-#: The request of the run now going in this process (None outside a run).
-_CURRENT: list[StopRequest] = []
-
-
-def current() -> StopRequest | None:
-    return _CURRENT[-1] if _CURRENT else None
 
 
 @contextlib.contextmanager
@@ -101,11 +89,9 @@ def graceful() -> Iterator[StopRequest]:
     for s in SIGNALS:
         if old[s] is not signal.SIG_IGN:
             signal.signal(s, request.handle)
-    _CURRENT.append(request)
     try:
         yield request
     finally:
-        _CURRENT.remove(request)
         request.cancel()
         for s, handler in old.items():
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)

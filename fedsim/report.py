@@ -56,6 +56,25 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+#: A run's ``summary.json`` status (a summary without one was written by a completed run).
+COMPLETED, STOPPED, INTERRUPTED = "completed", "stopped", "interrupted"
+
+
+def read_summary(folder: Path) -> dict[str, Any] | None:
+    """A run folder's summary.json, or None (none yet, or unreadable)."""
+    try:
+        summary = json.loads((Path(folder) / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def run_status(folder: Path) -> str | None:
+    """completed / stopped / interrupted, from summary.json; None without one."""
+    summary = read_summary(folder)
+    return None if summary is None else str(summary.get("status", COMPLETED))
+
+
 class RunWriter:
     """Writes a run's folder as it goes (metrics.jsonl grows one line per round)."""
 

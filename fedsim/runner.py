@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import json
 import logging
 import signal
 import time
@@ -180,11 +179,10 @@ def resume(out_dir: str | Path, overrides: Iterable[str] = (), accept: Iterable[
 
 def _interrupted_before_a_save(out: Path) -> bool:
     """The folder's run was interrupted (or killed) and never saved a checkpoint."""
-    try:
-        summary = json.loads((out / report.SUMMARY).read_text())
-    except (OSError, ValueError):
+    summary = report.read_summary(out)
+    if summary is None:
         return True  # no summary: the run never finished
-    return isinstance(summary, dict) and summary.get("status") == "interrupted" and not summary.get("checkpoint_round")
+    return summary.get("status") == report.INTERRUPTED and not summary.get("checkpoint_round")
 
 
 ROUND_METHODS = ("configure_train", "aggregate_train", "configure_evaluate", "aggregate_evaluate")
@@ -433,16 +431,21 @@ def _schedule(cfg: Config, strategy: Any, out: Path | None, ck: Any) -> checkpoi
     return schedule
 
 
+def _summary(cfg: Config, recorder: Recorder) -> dict[str, Any]:
+    """What every summary.json starts with: the run's identity, then its records' summary."""
+    return {"name": cfg.run.name, "seed": cfg.run.seed, "data_seed": cfg.data_seed,
+            "executor": cfg.executor.name, "strategy": cfg.strategy.name, "dataset": cfg.data.dataset.name,
+            "num_clients": cfg.data.num_clients, **report.summarize(recorder.records)}
+
+
 def _interrupted(cfg: Config, recorder: Recorder, writer: report.RunWriter | None, out: Path | None,
                  saved: int | None, signum: int) -> interrupt.RunInterrupted:
     """A signal stopped the run: a summary of the rounds done, marked interrupted (no final
     model, no plots: the run is not over), and the exception that says how to resume."""
     done = recorder.records[-1]["round"] if recorder.records else 0
     if writer is not None:
-        summary = {"name": cfg.run.name, "seed": cfg.run.seed, "data_seed": cfg.data_seed,
-                   "executor": cfg.executor.name, "strategy": cfg.strategy.name, "dataset": cfg.data.dataset.name,
-                   "num_clients": cfg.data.num_clients, **report.summarize(recorder.records),
-                   "status": "interrupted", "interrupted_after_round": done, "checkpoint_round": saved}
+        summary = {**_summary(cfg, recorder), "status": report.INTERRUPTED, "interrupted_after_round": done,
+                   "checkpoint_round": saved}
         writer.write_summary(summary)
     log.warning("run interrupted after round %d%s", done,
                 f"; checkpoint at round {saved}" if saved else "; no checkpoint yet (a resume starts over)")
@@ -472,10 +475,7 @@ def _finish(cfg: Config, setup: RunSetup, recorder: Recorder, app_ref: Any, fina
             stopped: str | None, writer: report.RunWriter | None, out: Path | None,
             paths: dict[str, Path]) -> RunResult:
     """The summary, plots and final model of a finished (or stopped) run."""
-    summary = {"name": cfg.run.name, "seed": cfg.run.seed, "data_seed": cfg.data_seed,
-               "executor": cfg.executor.name, "strategy": cfg.strategy.name, "dataset": cfg.data.dataset.name,
-               "num_clients": cfg.data.num_clients, **report.summarize(recorder.records)}
-    summary["status"] = "completed" if stopped is None else "stopped"
+    summary = {**_summary(cfg, recorder), "status": report.COMPLETED if stopped is None else report.STOPPED}
     if stopped is not None:
         summary["stopped"] = stopped
         log.error("run stopped: %s", stopped)

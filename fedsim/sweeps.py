@@ -259,17 +259,8 @@ def folder_state(folder: Path, plain: dict[str, Any]) -> tuple[str, list[str]]:
     changed = resuming.changes(identity(before), identity(plain))
     if changed:
         return CHANGED, [c.describe() for c in changed]
-    status = run_status(folder)
+    status = report.run_status(folder)
     return (DONE, []) if status in ("completed", "stopped") else (RESUME, [])
-
-
-def run_status(folder: Path) -> str | None:
-    """A run folder's summary status: completed, stopped, interrupted; None without a summary."""
-    try:
-        summary = json.loads((folder / report.SUMMARY).read_text())
-    except (OSError, ValueError):
-        return None
-    return str(summary.get("status", "completed")) if isinstance(summary, dict) else None
 
 
 #: In a cell process: set by the sweep when it is stopping (no new cell starts then).
@@ -317,12 +308,14 @@ class SweepInterrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-def _plan(sweep: Sweep, out: Path, previous: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[Cell, bool]]]:
-    """The manifest before running, and the cells to run (with: resume from a checkpoint?)."""
+def _plan(sweep: Sweep, out: Path, previous: dict[str, Any]
+          ) -> tuple[dict[str, Any], dict[str, tuple[dict[str, Any], str, bool]]]:
+    """The manifest before running, and the cells to run: id -> (resolved config, folder,
+    resume from its checkpoint?)."""
     entries = {c["id"]: c for c in previous.get("cells", [])}
     manifest = {"scenario": sweep.source, "target": sweep.spec.target, "axes": sweep.axes,
                 "seeds": sorted({c.seed for c in sweep.cells}), "cells": []}
-    todo: list[tuple[Cell, bool]] = []
+    todo: dict[str, tuple[dict[str, Any], str, bool]] = {}
     for cell in sweep.cells:
         folder = out / cell.id
         plain = _plain(sweep.config(cell))
@@ -339,7 +332,7 @@ def _plan(sweep: Sweep, out: Path, previous: dict[str, Any]) -> tuple[dict[str, 
             if folder.exists() and not resume:
                 shutil.rmtree(folder)  # a changed cell, or one interrupted before its first checkpoint, starts over
             entry.update(status="interrupted" if resume else "pending", error=None, wall_s=None)
-            todo.append((cell, resume))
+            todo[cell.id] = (plain, str(folder), resume)
         manifest["cells"].append(entry)
     return manifest, todo
 
@@ -355,13 +348,12 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, *, yes: bool = False, parallel:
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
     previous = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    manifest, todo = _plan(sweep, out, previous)
+    manifest, payloads = _plan(sweep, out, previous)
     _write(manifest_path, manifest)
     by_id = {e["id"]: e for e in manifest["cells"]}
     uses_ray = sweep.base.get("executor", {}).get("name") == "ray"
     workers = 1 if uses_ray else (parallel or sweep.spec.parallel or os.cpu_count() or 1)
-    workers = max(1, min(workers, len(todo))) if todo else 1
-    payloads = {cell.id: (_plain(sweep.config(cell)), str(out / cell.id), resume) for cell, resume in todo}
+    workers = max(1, min(workers, len(payloads))) if payloads else 1
 
     def record(cell_id: str, result: tuple[str, str | None, float]) -> None:
         status, error, seconds = result
@@ -372,8 +364,8 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, *, yes: bool = False, parallel:
 
     try:
         if workers == 1:
-            for cell, _ in todo:
-                record(cell.id, _run_cell(payloads[cell.id], in_worker=False))
+            for cell_id, payload in payloads.items():
+                record(cell_id, _run_cell(payload, in_worker=False))
         else:
             _run_parallel(payloads, workers, record)
     except KeyboardInterrupt as exc:
@@ -427,7 +419,7 @@ def _settle(out: Path, manifest: dict[str, Any], manifest_path: Path) -> None:
     for entry in manifest["cells"]:
         if entry["status"] in ("done", "failed"):
             continue
-        status = run_status(out / entry["dir"])
+        status = report.run_status(out / entry["dir"])
         if status in ("completed", "stopped"):
             entry["status"] = "done"
         elif status == "interrupted" or (out / entry["dir"] / checkpoint.FILE).is_file():
